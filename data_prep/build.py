@@ -1,0 +1,30 @@
+"""Build a training set from sampled responses.
+
+  upft: prefix samples = question + UPFT instruction -> first L sampled tokens + end-of-turn;
+        full samples = plain question -> whole response + end-of-turn.
+  sft:  every question -> its whole self-generated response + end-of-turn.
+
+  python data_prep/build.py --samples runs/demo/samples --method upft --L 16 --out runs/demo/prep-upft
+"""
+
+import argparse
+
+from upft.runio import cli
+from upft.stages import run_prep
+
+
+def main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", required=True, help="samples.jsonl or the folder holding it")
+    ap.add_argument("--method", choices=["upft", "sft"], default="upft")
+    ap.add_argument("--L", type=int, default=32, help="prefix length in tokens")
+    ap.add_argument("--no-suffix", action="store_true", help="train prefixes without the UPFT instruction")
+    ap.add_argument("--model", help="tokenizer source (default: the model the samples came from)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--force", action="store_true")
+    a = ap.parse_args(argv)
+    run_prep(a.samples, a.out, method=a.method, L=a.L, suffix=not a.no_suffix, model=a.model, force=a.force)
+
+
+if __name__ == "__main__":
+    cli(main)

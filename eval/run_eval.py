@@ -1,0 +1,45 @@
+"""Evaluate a model on math/science benchmarks, graded with math-verify.
+
+  python eval/run_eval.py --model runs/demo/model-upft --benchmarks gsm8k,math500 --data-dir ../shared/data \
+      --out runs/demo/eval-upft
+"""
+
+import argparse
+
+from upft.evaluate import EvalSettings
+from upft.runio import cli
+from upft.stages import run_eval
+
+
+def main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--benchmarks", default="gsm8k,math500", help="comma-separated")
+    ap.add_argument("--data-dir", help="local mirror laid out like ../shared/data (default: the hub)")
+    ap.add_argument("--limit", type=int, help="first N questions of each benchmark")
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--n", type=int, default=1, help="samples per question")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper)")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt-style", default="auto", help="auto, plain, boxed or qwen-math")
+    ap.add_argument("--backend", default="transformers")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--label", help="name of this model in the results table")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--force", action="store_true")
+    a = ap.parse_args(argv)
+    s = EvalSettings(max_new_tokens=a.max_new_tokens, n=a.n, temperature=a.temperature, top_p=a.top_p,
+                     top_k=a.top_k, seed=a.seed, limit=a.limit)
+    summary = run_eval(a.model, a.out, [b for b in a.benchmarks.split(",") if b], s, data_dir=a.data_dir,
+                       prompt_style=a.prompt_style, backend=a.backend, device=a.device,
+                       batch_size=a.batch_size, label=a.label, force=a.force)
+    for name, r in summary["benchmarks"].items():
+        print(f"{name}: {r['accuracy']:.1f}% (95% CI {r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}), "
+              f"{r['n_questions']} questions")
+
+
+if __name__ == "__main__":
+    cli(main)

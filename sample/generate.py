@@ -1,0 +1,51 @@
+"""Sample one (or n) responses per training question from the model being tuned.
+
+UPFT mode decodes a full response for a seeded fraction p of the questions and only L tokens
+for the rest; full mode (baselines) decodes every response in full.
+
+  python sample/generate.py --model smollm2-135m-instruct --questions data/demo/gsm8k/train.jsonl \
+      --answer-field answer --L 16 --p 0.1 --out runs/demo/samples
+"""
+
+import argparse
+
+from upft.runio import cli
+from upft.stages import run_sample
+
+
+def main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="embedded name, local HF folder, .gguf file or hub id")
+    ap.add_argument("--gguf-sha256", help="expected sha256 of a local .gguf model")
+    ap.add_argument("--questions", required=True, help=".jsonl/.json/.parquet/.csv file or hub dataset id")
+    ap.add_argument("--question-field", default="question")
+    ap.add_argument("--answer-field", help="reference answers, kept for RFT / Label Filter (optional)")
+    ap.add_argument("--id-field", help="question id field (default: row index)")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--config", help="hub dataset config name")
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--mode", choices=["upft", "full"], default="upft")
+    ap.add_argument("--L", type=int, default=32, help="prefix length in tokens")
+    ap.add_argument("--p", type=float, default=0.1, help="fraction of questions sampled in full")
+    ap.add_argument("--n", type=int, default=1, help="draws per question")
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--temperature", type=float, default=0.6)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt-style", default="auto", help="auto, plain, boxed or qwen-math")
+    ap.add_argument("--backend", default="transformers")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--force", action="store_true", help="replace a different run in --out")
+    a = ap.parse_args(argv)
+    run_sample(a.model, a.questions, a.out, question_field=a.question_field, answer_field=a.answer_field,
+               id_field=a.id_field, split=a.split, config=a.config, limit=a.limit, mode=a.mode, L=a.L, p=a.p,
+               n=a.n, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+               seed=a.seed, prompt_style=a.prompt_style, backend=a.backend, device=a.device,
+               batch_size=a.batch_size, gguf_sha256=a.gguf_sha256, force=a.force)
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,156 @@
+"""Grading against real math-verify: pins the response styles that used to be mis-graded."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from upft.grading import Grader, grade_choice, grade_item, grade_math
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "pred"),
+    [
+        # math-verify alone extracts '73**' (Math-Verify#76).
+        ("The answer is **73**.", "73", "73"),
+        (r"So the total is \boxed{9{,}500}.", "9500", "9500"),
+        ("The total is 1,000 dollars.", "1000", "1000"),
+        (r"\boxed{1,234,567}", "1,234,567", "1234567"),
+        # A thin space as thousands separator: math-verify alone reads 1\,000 as 1*000 = 0.
+        (r"\boxed{1\,000}", "1000", "1000"),
+        # An escaped dollar outside math mode: math-verify alone extracts nothing.
+        (r"She pays \$1,250 in total.", "1250", "1250"),
+    ],
+)
+def test_normalised_pitfalls(response: str, gold: str, pred: str) -> None:
+    assert grade_math(response, gold) == {"correct": True, "pred": pred}
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        (r"\boxed{10\text{ cm}}", "10"),
+        # math-verify compares percentages both ways without help: 50\% matches 50 and 50\%.
+        (r"\boxed{50\%}", "50"),
+        (r"\boxed{50\%}", r"50\%"),
+        (r"\boxed{50}", r"50\%"),
+        (r"\boxed{30^\circ}", "30"),
+        (r"\boxed{0.5}", r"\frac{1}{2}"),
+        (r"\boxed{(3, \frac{\pi}{2})}", r"\left( 3, \frac{\pi}{2} \right)"),
+        (r"\boxed{[-2, 7]}", "[-2,7]"),
+        (r"\boxed{\pm 2}", r"\pm 2"),
+        (r"\boxed{\text{(C)}}", r"\text{(C)}"),
+        (r"First \boxed{840}. Checking again: \boxed{840}", "840"),
+        # verify() is asymmetric: an interval answer matches an inequality gold...
+        (r"\boxed{(-2,7)}", "-2<x<7"),
+    ],
+)
+def test_correct(response: str, gold: str) -> None:
+    assert grade_math(response, gold)["correct"] is True
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        (r"\boxed{\frac{1}{3}}", "0.5"),
+        (r"\boxed{[-2, 7]}", "(-2,7)"),
+        # A tuple must not be fused into a thousands-separated number.
+        (r"\boxed{(1,2)}", "12"),
+        (r"\boxed{(100,200)}", "100200"),
+        # ...but an inequality answer does not match an interval gold.
+        (r"\boxed{-2 < x < 7}", "(-2,7)"),
+    ],
+)
+def test_wrong(response: str, gold: str) -> None:
+    assert grade_math(response, gold)["correct"] is False
+
+
+@pytest.mark.parametrize("tuple_", ["(1,2)", "(5,100,200)"])
+def test_tuple_is_not_fused(tuple_: str) -> None:
+    assert grade_math(rf"\boxed{{{tuple_}}}", tuple_) == {"correct": True, "pred": tuple_}
+
+
+def test_no_answer() -> None:
+    assert grade_math("I don't know.", "5") == {"correct": False, "pred": None}
+
+
+def test_two_different_boxed_answers_are_wrong() -> None:
+    # math-verify joins all boxed answers into one set, so a hedged response matches neither gold.
+    response = r"It is \boxed{5}. Wait, no: \boxed{7}"
+    assert grade_math(response, "7") == {"correct": False, "pred": "5,7"}
+    assert grade_math(response, "5")["correct"] is False
+
+
+def test_unparseable_gold_raises() -> None:
+    with pytest.raises(ValueError, match="gold"):
+        grade_math(r"\boxed{1}", "")
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "pred"),
+    [
+        ("Let me think.\nAnswer: C", "C", "C"),
+        ("The answer is (B).", "B", "B"),
+        ("so the answer: d", "D", "D"),
+        (r"Hence $\boxed{A}$.", "A", "A"),
+        ("Option A looks tempting, but it ignores friction.\nAnswer: D", "D", "D"),
+        ("Answer: A\nOn reflection that is wrong.\nAnswer: **B**", "B", "B"),
+        ("(C)", "C", "C"),
+        ("The answer is a bit unclear to me.", "A", None),
+        ("I cannot decide between the options.", "A", None),
+    ],
+)
+def test_choice(response: str, gold: str, pred: str | None) -> None:
+    assert grade_choice(response, gold) == {"correct": pred == gold, "pred": pred}
+
+
+def test_choice_rejects_bad_gold() -> None:
+    with pytest.raises(ValueError):
+        grade_choice("Answer: A", "E")
+
+
+def sleepy_grade(kind: str, response: str, gold: str) -> dict[str, Any]:
+    """grade_item, except that kind "hang" never finishes in time."""
+    if kind == "hang":
+        time.sleep(60)
+    return grade_item(kind, response, gold)
+
+
+def test_grader_keeps_order_and_records_errors() -> None:
+    items = [
+        ("math", r"\boxed{2}", "2"),
+        ("choice", "Answer: B", "C"),
+        ("math", "The answer is **73**.", "73"),
+        ("essay", "words", "words"),
+        ("choice", "Answer: C", "C"),
+    ]
+    with Grader() as grader:
+        results = grader.grade(items)
+    assert [r["correct"] for r in results] == [True, False, True, False, True]
+    assert [r["pred"] for r in results] == ["2", "B", "73", None, "C"]
+    assert results[3]["error"].startswith("ValueError(")
+
+
+def test_grader_times_out_hanging_item_and_continues() -> None:
+    items = [
+        ("math", r"\boxed{2}", "2"),
+        ("hang", "", ""),
+        ("math", r"\boxed{3}", "4"),
+        ("hang", "", ""),
+        ("choice", "Answer: A", "A"),
+    ]
+    with Grader(grade_fn=sleepy_grade) as grader:
+        start = time.monotonic()
+        results = grader.grade(items, timeout_s=2.0)
+        elapsed = time.monotonic() - start
+    timeout = {"correct": False, "pred": None, "error": "timeout"}
+    assert results == [
+        {"correct": True, "pred": "2"},
+        timeout,
+        {"correct": False, "pred": "3"},
+        timeout,
+        {"correct": True, "pred": "A"},
+    ]
+    assert elapsed < 15

@@ -1,0 +1,35 @@
+"""Fine-tune on a prepared training set in one process (CPU or one GPU), on the HF Trainer.
+
+For several GPUs or nodes use scripts/train_sft.sh (OpenRLHF + DeepSpeed) on the same file.
+
+  python train/train_local.py --data runs/demo/prep-upft --model smollm2-135m-instruct --out runs/demo/model-upft
+"""
+
+import argparse
+from dataclasses import fields
+
+from upft.runio import cli
+from upft.stages import run_train
+from upft.train import TrainSettings
+
+
+def main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="train.jsonl or the folder holding it")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--force", action="store_true")
+    for f in fields(TrainSettings):  # every training setting is a flag, with the paper's default
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            ap.add_argument(flag, action="store_true")
+        else:
+            kind = {"int": int, "float": float}.get(f.type, str)
+            ap.add_argument(flag, type=kind, default=f.default)
+    a = vars(ap.parse_args(argv))
+    settings = TrainSettings(**{f.name: a[f.name] for f in fields(TrainSettings)})
+    run_train(a["data"], a["model"], a["out"], settings, a["force"])
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,100 @@
+"""Training-set builders: UPFT (prefixes + a full fraction) and the SFT baseline.
+
+Each row holds both text (for OpenRLHF, which re-tokenises with the chat template) and the
+exact ids our local trainer uses: ``prompt_ids`` and ``target_ids`` (response + end-of-turn).
+Prefix cuts are chosen so that the decoded text re-encodes, after the prompt, to the very
+ids the model sampled; OpenRLHF then trains exactly those tokens.
+"""
+
+from __future__ import annotations
+
+from upft.prompts import UPFT_SUFFIX, render
+from upft.runio import UserError
+
+
+def cut_prefix(tokenizer, prompt_text: str, prompt_ids: list[int], ids: list[int], L: int) -> list[int]:
+    """The longest cut of at most L sampled ids that survives decode -> encode after the prompt.
+
+    Usually exactly ids[:L]; one token shorter when the L-th token would merge differently
+    when re-tokenised (a split multi-byte character, say). Empty if no cut round-trips.
+    """
+    for k in range(min(L, len(ids)), 0, -1):
+        text = tokenizer.decode(ids[:k], skip_special_tokens=False)
+        if tokenizer(prompt_text + text, add_special_tokens=False).input_ids == prompt_ids + ids[:k]:
+            return ids[:k]
+    return []
+
+
+def _row(sample: dict, kind: str, msgs: list[dict], prompt_text: str, prompt_ids: list[int],
+         response_ids: list[int], tokenizer, eot_id: int) -> dict:
+    return {
+        "id": sample["id"],
+        "sample_index": sample.get("sample_index", 0),
+        "kind": kind,
+        "prompt": msgs,
+        "response": tokenizer.decode(response_ids, skip_special_tokens=False),
+        "prompt_text": prompt_text,
+        "prompt_ids": prompt_ids,
+        "target_ids": response_ids + [eot_id],
+        "finish_reason": sample["finish_reason"],
+    }
+
+
+def full_row(sample: dict, tokenizer, eot_id: int) -> dict | None:
+    """The whole sampled response under the sampling prompt (plain question)."""
+    ids = cut_prefix(tokenizer, sample["prompt"], sample["prompt_ids"], sample["response_ids"],
+                     len(sample["response_ids"]))
+    if sample["response_ids"] and not ids:
+        return None
+    return _row(sample, "full", sample["messages"], sample["prompt"], sample["prompt_ids"], ids, tokenizer, eot_id)
+
+
+def prefix_row(sample: dict, tokenizer, eot_id: int, L: int, suffix: bool = True) -> dict | None:
+    """The first L sampled tokens, under the question + UPFT instruction suffix."""
+    msgs = [dict(m) for m in sample["messages"]]
+    if suffix:
+        msgs[-1]["content"] += UPFT_SUFFIX
+    text, ids = render(tokenizer, msgs)
+    prefix = cut_prefix(tokenizer, text, ids, sample["response_ids"], L)
+    if not prefix:
+        return None
+    return _row(sample, "prefix", msgs, text, ids, prefix, tokenizer, eot_id)
+
+
+def build_upft(samples: list[dict], tokenizer, eot_id: int, L: int, suffix: bool = True) -> tuple[list[dict], int]:
+    """UPFT set: full rows for the samples drawn full, prefix rows for the rest. Returns (rows, dropped)."""
+    if L <= 0:
+        raise UserError(f"L must be a positive number of tokens, got {L}")
+    rows = []
+    for s in samples:
+        if s["draw"] == "full":
+            rows.append(full_row(s, tokenizer, eot_id))
+        else:
+            rows.append(prefix_row(s, tokenizer, eot_id, L, suffix))
+    kept = [r for r in rows if r is not None]
+    return kept, len(rows) - len(kept)
+
+
+def build_sft(samples: list[dict], tokenizer, eot_id: int) -> tuple[list[dict], int]:
+    """SFT baseline: the whole self-generated response for every question."""
+    if any(s["draw"] != "full" for s in samples):
+        raise UserError("SFT needs full-length samples; sample with --mode full")
+    rows = [full_row(s, tokenizer, eot_id) for s in samples]
+    kept = [r for r in rows if r is not None]
+    return kept, len(rows) - len(kept)
+
+
+def stats(method: str, samples: list[dict], rows: list[dict], dropped: int) -> dict:
+    """Counts and token accounting: sampling tokens (all decoded) and tuning tokens (under the loss)."""
+    return {
+        "method": method,
+        "n_samples": len(samples),
+        "n_questions": len({s["id"] for s in samples}),
+        "n_rows": len(rows),
+        "n_prefix": sum(r["kind"] == "prefix" for r in rows),
+        "n_full": sum(r["kind"] == "full" for r in rows),
+        "n_dropped": dropped,
+        "n_truncated_full": sum(r["kind"] == "full" and r["finish_reason"] == "length" for r in rows),
+        "sampling_tokens": sum(s["n_tokens"] for s in samples),
+        "tuning_tokens": sum(len(r["target_ids"]) for r in rows),
+    }

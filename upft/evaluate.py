@@ -1,0 +1,127 @@
+"""Benchmark evaluation: generate, grade with math-verify, and summarise with error bars.
+
+Per benchmark it writes ``<bench>.jsonl`` (one row per draw: rendered prompt, response,
+extracted prediction, gold, correctness) and ``<bench>.summary.json``; rows are appended as
+batches finish, so a rerun skips draws already graded.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from upft.data import BENCHMARKS, load_benchmark
+from upft.generation import GenRequest, request_seed
+from upft.grading import Grader
+from upft.prompts import messages, render
+from upft.runio import JsonlAppender, environment, read_jsonl, write_json
+
+
+@dataclass
+class EvalSettings:
+    max_new_tokens: int = 1024
+    n: int = 1  # samples per question; 1 with temperature 0 is the paper's greedy protocol
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    limit: int | None = None
+    style: str = "boxed"
+    grade_timeout_s: float = 10.0
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n draws with c correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def summarise(rows: list[dict], n: int) -> dict:
+    """Accuracy (mean over draws) with a 95% interval over questions, pass@k, length, truncation."""
+    by_q: dict[str, list[dict]] = {}
+    for r in rows:
+        by_q.setdefault(r["id"], []).append(r)
+    per_q = [sum(r["correct"] for r in rs) / len(rs) for rs in by_q.values()]
+    m = len(per_q)
+    acc = sum(per_q) / m if m else 0.0
+    var = sum((x - acc) ** 2 for x in per_q) / (m - 1) if m > 1 else 0.0
+    half = 1.96 * math.sqrt(var / m) if m else 0.0
+    out = {
+        "n_questions": m,
+        "n_draws": len(rows),
+        "accuracy": 100 * acc,
+        "ci95": [100 * max(0.0, acc - half), 100 * min(1.0, acc + half)],
+        "mean_length": sum(r["n_tokens"] for r in rows) / max(len(rows), 1),
+        "truncated_frac": sum(r["finish_reason"] == "length" for r in rows) / max(len(rows), 1),
+    }
+    if n > 1:
+        out["pass_at_k"] = {k: 100 * sum(pass_at_k(len(rs), sum(r["correct"] for r in rs), k)
+                                         for rs in by_q.values()) / m
+                            for k in (1, n) if k <= n}
+    return out
+
+
+def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSettings,
+                       data_dir: str | None = None) -> dict:
+    bench = BENCHMARKS[name]
+    questions = load_benchmark(name, data_dir, s.limit)
+    writer = JsonlAppender(out_dir / f"{name}.jsonl")
+    rows = writer.done_rows()
+    done = {(r["id"], r["sample_index"]) for r in rows}
+    meta, requests = {}, []
+    for q in questions:
+        text, ids = render(tokenizer, messages(q.text, s.style))
+        for k in range(s.n):
+            if (q.id, k) in done:
+                continue
+            key = f"{q.id}#{k}"
+            meta[key] = {"id": q.id, "sample_index": k, "prompt": text, "gold": q.answer}
+            requests.append(GenRequest(key, tuple(ids), s.max_new_tokens, s.temperature, s.top_p, s.top_k,
+                                       request_seed(s.seed, q.id, k)))
+    print(f"[eval] {name}: {len(questions)} questions, {len(requests)} draws to run", file=sys.stderr)
+    t0, new_tokens = time.time(), 0
+    with Grader() as grader:
+        for batch in backend.generate(requests):
+            grades = grader.grade([(bench.kind, r.text, meta[r.key]["gold"]) for r in batch], s.grade_timeout_s)
+            new = [{**meta[r.key], "response": r.text, "finish_reason": r.finish_reason,
+                    "n_tokens": len(r.token_ids) + (r.finish_reason == "stop"), **g}
+                   for r, g in zip(batch, grades)]
+            new_tokens += sum(len(r.token_ids) for r in batch)
+            writer.append(new)
+            rows.extend(new)
+    wall = time.time() - t0
+    writer.finish()
+    summary = {"benchmark": name, **summarise(rows, s.n), "wall_s": wall,
+               "tokens_per_s": new_tokens / wall if wall and new_tokens else None}
+    write_json(out_dir / f"{name}.summary.json", summary)
+    return summary
+
+
+def markdown_table(rows: list[tuple[str, dict[str, dict]]], benchmarks: list[str]) -> str:
+    """One row per model/method, one column per benchmark + average (accuracy, %)."""
+    head = "| model | " + " | ".join(benchmarks) + " | avg |\n|---|" + "---|" * (len(benchmarks) + 1) + "\n"
+    lines = []
+    for label, by_bench in rows:
+        accs = [by_bench[b]["accuracy"] for b in benchmarks]
+        cells = " | ".join(f"{a:.1f}" for a in accs)
+        lines.append(f"| {label} | {cells} | {sum(accs) / len(accs):.1f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def evaluate(model_label: str, benchmarks: list[str], tokenizer, backend, out_dir: str, s: EvalSettings,
+             data_dir: str | None = None) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {b: evaluate_benchmark(b, tokenizer, backend, out, s, data_dir) for b in benchmarks}
+    summary = {"model": model_label, "benchmarks": results, "settings": vars(s), "environment": environment()}
+    write_json(out / "summary.json", summary)
+    (out / "results.md").write_text(markdown_table([(model_label, results)], benchmarks))
+    return summary
+
+
+def load_rows(out_dir: str, name: str) -> list[dict]:
+    return read_jsonl(Path(out_dir) / f"{name}.jsonl")

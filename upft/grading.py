@@ -1,0 +1,186 @@
+"""Answer grading: math answers through math-verify, multiple choice through a regex.
+
+math-verify does the hard part (LaTeX and plain-text extraction, symbolic comparison), but a
+few response styles trip it, so ``grade_math`` rewrites them first (see ``_normalise``).
+
+Grading can hang: sympy may spin on an unlucky expression, and math-verify's own timeouts
+use ``signal.alarm``, which works only in a process's main thread. ``Grader`` therefore grades
+in worker processes and kills any item that runs past a hard deadline, so one bad response
+costs a few seconds instead of stalling a whole evaluation run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+from collections.abc import Callable, Sequence
+from functools import partial
+from multiprocessing.pool import Pool
+from types import TracebackType
+from typing import Any
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+GradeFn = Callable[[str, str, str], dict[str, Any]]
+
+_GOLD_CONFIG = [LatexExtractionConfig(), ExprExtractionConfig()]
+# A boxed answer outranks an "answer is" phrase, and text without any anchor is still searched,
+# because models often end with a bare number.
+_PRED_CONFIG = [
+    LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=True),
+    ExprExtractionConfig(),
+]
+
+# math-verify extracts '73**' from '**73**' (huggingface/Math-Verify#76).
+_BOLD = re.compile(r"\*\*([^*\n]+?)\*\*")
+# '\$1,000' outside math mode defeats extraction altogether; the currency sign carries no value.
+_ESCAPED_DOLLAR = re.compile(r"\\\$")
+# LaTeX thousands separators '9{,}500' and '1\,000'; math-verify reads the latter as 1*000 = 0.
+_LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3}(?!\d))")
+# Plain '1,000' and '1,234,567': a 1-3 digit group then strict 3-digit groups. A number that opens
+# a bracket or follows 'digit,' is an element of a tuple or list ('(100,200)', '5,100,200'), not
+# a thousands-separated number, so it is left alone.
+_PLAIN_THOUSANDS = re.compile(r"(?<![\d.(\[])(?<!\d,)\d{1,3}(?:,\d{3})+(?!\d|,\d)")
+
+
+def _normalise(text: str) -> str:
+    """Rewrite the response styles that math-verify mis-extracts into ones it handles."""
+    text = _BOLD.sub(r"\1", text)
+    text = _ESCAPED_DOLLAR.sub("", text)
+    text = _LATEX_THOUSANDS.sub("", text)
+    return _PLAIN_THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text)
+
+
+def grade_math(response: str, gold: str) -> dict[str, Any]:
+    """Grade a free-form math response against a gold answer (a number or MATH-style LaTeX).
+
+    Returns ``{"correct": bool, "pred": str | None}``; ``pred`` is the text math-verify extracted
+    from the response, kept so that wrong answers can be inspected. Raises ValueError when the
+    gold itself cannot be parsed: that is a data bug, and scoring it as wrong would hide it.
+    """
+    gold = _normalise(gold)
+    # A bare gold ('72', '\frac{1}{2}') has no delimiters; wrapping it in '$' makes LaTeX extraction
+    # take the whole string instead of hunting for an answer inside it.
+    wrapped = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"
+    gold_parsed = parse(wrapped, _GOLD_CONFIG)
+    if not gold_parsed:
+        raise ValueError(f"cannot parse gold answer {gold!r}")
+    pred_parsed = parse(_normalise(response), _PRED_CONFIG)
+    # parse() returns [sympy value, extracted text], [text] if the text did not parse, or [].
+    pred = str(pred_parsed[-1]) if pred_parsed else None
+    # verify() is not symmetric: gold goes first.
+    return {"correct": verify(gold_parsed, pred_parsed), "pred": pred}
+
+
+# The final-answer statements a multiple-choice response ends with: '\boxed{C}', 'Answer: C',
+# 'the answer is (B)', 'answer: **d**'. math-verify's StringExtractionConfig is not used because,
+# next to the math configs, it grabs stray capital letters from the reasoning.
+_DECOR = r"(?:\\(?:boxed|text|textbf|mathrm)\{|[\s*$(\[])*"
+_CHOICE = re.compile(
+    rf"\\boxed\{{{_DECOR}(?P<boxed>[A-Da-d])\b"
+    rf"|\b(?i:answer)(?:\s+(?i:is))?\s*:?{_DECOR}(?:(?i:option)\s*{_DECOR})?"
+    # An uppercase letter only needs to end the word; a lowercase one must end the statement,
+    # so that 'the answer is a bit unclear' does not read as A.
+    r"(?:(?P<upper>[A-D])\b|(?P<lower>[a-d])(?=[\s*$)\]}.]*$))",
+    re.MULTILINE,
+)
+# A response that is nothing but the letter: 'C', '(C)', 'C.'.
+_BARE_CHOICE = re.compile(r"\s*\(?([A-Da-d])[).]?\s*")
+
+
+def grade_choice(response: str, gold_letter: str) -> dict[str, Any]:
+    """Grade a multiple-choice (A-D) response by its last final-answer statement.
+
+    The last statement wins because models that change their mind restate the answer at the end.
+    Returns ``{"correct": bool, "pred": "A".."D" | None}``; raises ValueError for a gold that is
+    not a single letter A-D, since every response would otherwise be scored wrong.
+    """
+    gold = gold_letter.strip().upper()
+    if len(gold) != 1 or gold not in "ABCD":
+        raise ValueError(f"gold must be one letter A-D, got {gold_letter!r}")
+    matches = list(_CHOICE.finditer(response))
+    bare = _BARE_CHOICE.fullmatch(response)
+    pred = None
+    if matches:
+        pred = (matches[-1]["boxed"] or matches[-1]["upper"] or matches[-1]["lower"]).upper()
+    elif bare:
+        pred = bare[1].upper()
+    return {"correct": pred == gold, "pred": pred}
+
+
+def grade_item(kind: str, response: str, gold: str) -> dict[str, Any]:
+    """Grade one item of the given kind: "math" or "choice"."""
+    if kind == "math":
+        return grade_math(response, gold)
+    if kind == "choice":
+        return grade_choice(response, gold)
+    raise ValueError(f"unknown grading kind {kind!r}")
+
+
+def _guarded(grade_fn: GradeFn, item: tuple[str, str, str]) -> dict[str, Any]:
+    """Run grade_fn in a worker, turning an exception into a wrong answer that names it."""
+    try:
+        return grade_fn(*item)
+    except Exception as exc:
+        return {"correct": False, "pred": None, "error": repr(exc)}
+
+
+class Grader:
+    """Grades items in a pool of worker processes with a hard per-item timeout.
+
+    Workers come from the "forkserver" start method: forking a parent that holds torch and CUDA
+    state is unsafe, and a fork server that has already imported this module restarts workers in
+    milliseconds after a timeout. As with "spawn", a script that uses Grader must guard its entry
+    point with ``if __name__ == "__main__":``. ``grade_fn`` must be a module-level function so that
+    workers can unpickle it; it replaces ``grade_item`` to add kinds of answer.
+    """
+
+    def __init__(self, grade_fn: GradeFn = grade_item, workers: int = 2) -> None:
+        self._grade_fn = grade_fn
+        self._workers = workers
+        self._ctx = multiprocessing.get_context("forkserver")
+        # Takes effect only if no fork server runs yet; otherwise each worker imports this module.
+        self._ctx.set_forkserver_preload(["__main__", __name__])
+        self._pool: Pool | None = None
+
+    def __enter__(self) -> Grader:
+        self._pool = self._ctx.Pool(self._workers)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def grade(
+        self, items: Sequence[tuple[str, str, str]], timeout_s: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Grade (kind, response, gold) items; results are in input order.
+
+        An item still running ``timeout_s`` after every earlier item has finished is recorded as
+        ``{"correct": False, "pred": None, "error": "timeout"}``; the pool is then replaced (the
+        only way to stop a busy worker) and the remaining items are resubmitted. An exception while
+        grading an item is recorded the same way, with its repr as the error.
+        """
+        if self._pool is None:
+            raise RuntimeError("Grader must be used as a context manager")
+        results: list[dict[str, Any]] = []
+        while len(results) < len(items):
+            pending = self._pool.imap(partial(_guarded, self._grade_fn), items[len(results) :])
+            try:
+                while len(results) < len(items):
+                    results.append(pending.next(timeout_s))
+            except multiprocessing.TimeoutError:
+                results.append({"correct": False, "pred": None, "error": "timeout"})
+                self._stop()
+                self._pool = self._ctx.Pool(self._workers)
+        return results

@@ -1,0 +1,52 @@
+"""Prompt rendering with the model's own chat template.
+
+Sampling, training and evaluation all render prompts here, so the model is tuned on exactly
+the prompt it is sampled and evaluated with. Prompts are tokenized once, without adding
+special tokens a second time (the template already holds BOS where the model wants one).
+"""
+
+from __future__ import annotations
+
+# The paper's instruction for prefix samples (leading space intended).
+UPFT_SUFFIX = (
+    " Please provide the initial step towards resolving the question. "
+    "This step may serve as a foundation but might not encompass the entire solution."
+)
+BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# style -> (system prompt or None, user-instruction appended to the question or None)
+STYLES: dict[str, tuple[str | None, str | None]] = {
+    "plain": (None, None),  # Llama-3.1 and R1-distill in the paper: the question alone
+    "qwen-math": (BOXED, None),  # Qwen2.5-Math: its reasoning system prompt
+    "boxed": (None, BOXED),  # any other model: ask for a \boxed{} answer
+}
+
+
+def style_for(model_name: str, style: str = "auto") -> str:
+    """Pick the paper's prompt style for a model family unless one is given."""
+    if style != "auto":
+        if style not in STYLES:
+            from upft.runio import UserError
+
+            raise UserError(f"unknown prompt style '{style}' (known: auto, {', '.join(STYLES)})")
+        return style
+    name = model_name.lower()
+    if "qwen2.5-math" in name:
+        return "qwen-math"
+    if "llama" in name or "r1-distill" in name:
+        return "plain"
+    return "boxed"
+
+
+def messages(question: str, style: str, suffix: str = "") -> list[dict]:
+    """Chat messages for a question; ``suffix`` (the UPFT instruction) ends the user turn."""
+    system, instruction = STYLES[style]
+    user = question if instruction is None else f"{question}\n{instruction}"
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": user + suffix}]
+
+
+def render(tokenizer, msgs: list[dict]) -> tuple[str, list[int]]:
+    """The generation prompt as text and token ids (template applied once, no extra BOS)."""
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return text, tokenizer(text, add_special_tokens=False).input_ids

@@ -1,0 +1,187 @@
+"""Run I/O: JSONL files, atomic writes, stage manifests and the CLI error convention.
+
+Every stage writes its outputs under a temporary name and renames them at the end, so a
+crash never leaves a file that looks finished. A stage records the settings that produced
+its outputs (a fingerprint) in ``manifest.json``; re-running with the same settings is a
+no-op, and a folder that holds a different run is refused instead of silently mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+RUNNING = ".running.json"  # settings of a stage run in progress
+
+
+class UserError(Exception):
+    """Bad input or a refused operation: reported as one line, exit status 2."""
+
+
+def cli(main: Callable[[list[str] | None], Any]) -> None:
+    """Run an entry point; turn a UserError into one clear line on stderr and exit 2."""
+    try:
+        main(None)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSONL file; a torn last line (from a killed writer) is dropped."""
+    path = Path(path)
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i >= len(lines) - 2:  # only the final line may be torn
+                break
+            raise UserError(f"{path}: line {i + 1} is not valid JSON")
+    return rows
+
+
+def _dump(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Write rows atomically (temp file + rename)."""
+    write_text(path, "".join(_dump(r) for r in rows))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+class JsonlAppender:
+    """Append rows to ``<path>.partial`` with a flush per batch; ``finish`` renames it.
+
+    A killed run leaves only the ``.partial`` file, which ``done_rows`` reads back so the
+    next run continues where it stopped without duplicating or losing rows.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def done_rows(self) -> list[dict]:
+        if not self.partial.exists():
+            return []
+        rows = read_jsonl(self.partial)
+        # rewrite without a torn tail so appends start on a clean line
+        self.partial.write_text("".join(_dump(r) for r in rows), encoding="utf-8")
+        return rows
+
+    def append(self, rows: Iterable[dict]) -> None:
+        with self.partial.open("a", encoding="utf-8") as f:
+            f.write("".join(_dump(r) for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self) -> None:
+        os.replace(self.partial, self.path)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(settings: dict) -> str:
+    """A short stable hash of the settings that determine a stage's output."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def environment() -> dict:
+    """Versions and hardware, recorded with every result so numbers can be traced."""
+    pkgs = {}
+    for name in ("torch", "transformers", "math-verify", "peft", "vllm", "openrlhf", "deepspeed"):
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    hw = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            hw["gpu"] = torch.cuda.get_device_name(0)
+            hw["gpu_count"] = torch.cuda.device_count()
+    except ImportError:
+        pass
+    return {"python": platform.python_version(), "packages": pkgs, "hardware": hw}
+
+
+def begin_stage(out_dir: str | Path, settings: dict, outputs: list[str], force: bool = False) -> bool:
+    """Prepare ``out_dir`` for a stage run; True when it already holds this exact run.
+
+    A folder holding a finished or unfinished run of *different* settings is refused (so
+    results are never mixed), unless ``force``, which clears it. An unfinished run of the
+    same settings is left in place for the stage to resume.
+    """
+    out_dir = Path(out_dir)
+    fp = fingerprint(settings)
+    man, running = out_dir / MANIFEST, out_dir / RUNNING
+    old = None
+    if man.exists():
+        same = read_json(man).get("fingerprint") == fp
+        if same and all((out_dir / o).exists() for o in outputs):
+            return True
+        old = None if same else "a finished run"
+    elif running.exists() and read_json(running).get("fingerprint") != fp:
+        old = "an unfinished run"
+    if old and not force:
+        raise UserError(f"{out_dir} already holds {old} with different settings; "
+                        "choose another --out or pass --force to replace it")
+    if old:
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(running, {"fingerprint": fp, "settings": settings})
+    return False
+
+
+def write_manifest(out_dir: str | Path, stage: str, settings: dict, **extra: Any) -> None:
+    write_json(
+        Path(out_dir) / MANIFEST,
+        {
+            "stage": stage,
+            "fingerprint": fingerprint(settings),
+            "settings": settings,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "environment": environment(),
+            **extra,
+        },
+    )
+    (Path(out_dir) / RUNNING).unlink(missing_ok=True)

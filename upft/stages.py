@@ -1,0 +1,144 @@
+"""The four pipeline stages as functions: sample, prep, train, evaluate.
+
+Each one validates its input before writing anything, skips itself when its output folder
+already holds a run of the same settings, and writes a manifest next to its outputs. The
+entry points (sample/generate.py, data_prep/build.py, train/train_local.py, eval/run_eval.py)
+only parse arguments and call these.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from upft import builders
+from upft.data import load_benchmark, load_questions
+from upft.evaluate import EvalSettings, evaluate
+from upft.generation import make_backend
+from upft.models import end_of_turn_id, load_tokenizer, resolve_model
+from upft.prompts import style_for
+from upft.runio import (UserError, read_json, read_jsonl, sha256_file, begin_stage, write_json,
+                        write_jsonl, write_manifest)
+from upft.sampling import sample
+from upft.train import TrainSettings, train
+
+
+def _skip(out: Path, settings: dict, outputs: list[str], force: bool) -> bool:
+    if begin_stage(out, settings, outputs, force):
+        print(f"[skip] {out} already holds this run", file=sys.stderr)
+        return True
+    return False
+
+
+def _backend(name: str, model_path: str, tokenizer, device: str, batch_size: int):
+    stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id})
+    return make_backend(name, model_path, tokenizer, stop, device=device, batch_size=batch_size)
+
+
+def run_sample(model: str, questions: str, out: str, *, question_field: str = "question",
+               answer_field: str | None = None, id_field: str | None = None, split: str = "train",
+               config: str | None = None, limit: int | None = None, mode: str = "upft", L: int = 32,
+               p: float = 0.1, n: int = 1, max_new_tokens: int = 1024, temperature: float = 0.6,
+               top_p: float = 1.0, top_k: int = 0, seed: int = 0, prompt_style: str = "auto",
+               backend: str = "transformers", device: str = "auto", batch_size: int = 32,
+               gguf_sha256: str | None = None, force: bool = False) -> Path:
+    """Sample training responses into ``out/samples.jsonl``."""
+    if L <= 0:
+        raise UserError(f"L must be a positive number of tokens, got {L}")
+    if not 0.0 <= p <= 1.0:
+        raise UserError(f"p must be in [0, 1], got {p}")
+    qs = load_questions(questions, question_field, answer_field, id_field, split, config, limit)
+    model_path = resolve_model(model, gguf_sha256)
+    style = style_for(model, prompt_style)
+    settings = {"model": model_path, "questions": questions, "n_questions": len(qs), "split": split,
+                "mode": mode, "L": L, "p": p, "n": n, "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed, "style": style,
+                "backend": backend}
+    outdir = Path(out)
+    if _skip(outdir, settings, ["samples.jsonl"], force):
+        return outdir
+    tok = load_tokenizer(model_path)
+    gen = _backend(backend, model_path, tok, device, batch_size)
+    t0 = time.time()
+    records = sample(qs, tok, gen, str(outdir / "samples.jsonl"), mode=mode, L=L, p=p, n=n,
+                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                     seed=seed, style=style)
+    write_manifest(outdir, "sample", settings, n_records=len(records), wall_s=time.time() - t0,
+                   sampling_tokens=sum(r["n_tokens"] for r in records))
+    return outdir
+
+
+def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, suffix: bool = True,
+             model: str | None = None, force: bool = False) -> Path:
+    """Build a training set (``out/train.jsonl`` + ``out/stats.json``) from a samples file."""
+    spath = Path(samples)
+    if spath.is_dir():
+        spath = spath / "samples.jsonl"
+    if not spath.is_file():
+        raise UserError(f"samples file not found: {spath}")
+    rows = read_jsonl(spath)
+    if not rows:
+        raise UserError(f"{spath}: no samples")
+    if model is None:
+        man = spath.parent / "manifest.json"
+        if not man.exists():
+            raise UserError(f"no manifest next to {spath}; pass --model")
+        model_path = read_json(man)["settings"]["model"]
+    else:
+        model_path = resolve_model(model)
+    settings = {"samples_sha256": sha256_file(spath), "method": method, "L": L, "suffix": suffix,
+                "model": model_path}
+    outdir = Path(out)
+    if _skip(outdir, settings, ["train.jsonl", "stats.json"], force):
+        return outdir
+    tok = load_tokenizer(model_path)
+    eot = end_of_turn_id(tok)
+    if method == "upft":
+        train_rows, dropped = builders.build_upft(rows, tok, eot, L, suffix)
+    elif method == "sft":
+        train_rows, dropped = builders.build_sft(rows, tok, eot)
+    else:
+        raise UserError(f"unknown method '{method}' (upft or sft)")
+    write_jsonl(outdir / "train.jsonl", train_rows)
+    write_json(outdir / "stats.json", {**builders.stats(method, rows, train_rows, dropped), "L": L})
+    write_manifest(outdir, "prep", settings)
+    return outdir
+
+
+def run_train(data: str, model: str, out: str, settings: TrainSettings, force: bool = False) -> Path:
+    """Fine-tune ``model`` on a prepared ``train.jsonl``; writes a plain HF folder to ``out``."""
+    dpath = Path(data)
+    if dpath.is_dir():
+        dpath = dpath / "train.jsonl"
+    if not dpath.is_file():
+        raise UserError(f"training data not found: {dpath}")
+    rows = read_jsonl(dpath)
+    if not rows:
+        raise UserError(f"{dpath}: no training rows")
+    model_path = resolve_model(model)
+    fp = {"data_sha256": sha256_file(dpath), "model": model_path, **vars(settings)}
+    outdir = Path(out)
+    if _skip(outdir, fp, ["config.json"], force):
+        return outdir
+    train(rows, model_path, out, settings, fp)
+    return outdir
+
+
+def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings, *, data_dir: str | None = None,
+             prompt_style: str = "auto", backend: str = "transformers", device: str = "auto",
+             batch_size: int = 32, label: str | None = None, force: bool = False) -> dict:
+    """Evaluate a model on benchmarks; writes per-question rows, summaries and a markdown table."""
+    for b in benchmarks:  # fail on a bad name or a missing mirror file before loading the model
+        load_benchmark(b, data_dir, 1)
+    model_path = resolve_model(model)
+    settings.style = style_for(model, prompt_style)
+    fp = {"model": model_path, "benchmarks": benchmarks, "data_dir": data_dir, **vars(settings)}
+    outdir = Path(out)
+    if _skip(outdir, fp, ["summary.json"], force):
+        return read_json(outdir / "summary.json")
+    tok = load_tokenizer(model_path)
+    gen = _backend(backend, model_path, tok, device, batch_size)
+    summary = evaluate(label or model, benchmarks, tok, gen, out, settings, data_dir)
+    write_manifest(outdir, "eval", fp)
+    return summary
