@@ -12,15 +12,20 @@ from upft.prompts import UPFT_SUFFIX, render
 from upft.runio import UserError
 
 
-def cut_prefix(tokenizer, prompt_text: str, prompt_ids: list[int], ids: list[int], L: int) -> list[int]:
-    """The longest cut of at most L sampled ids that survives decode -> encode after the prompt.
+def cut_prefix(tokenizer, msgs: list[dict], prompt_ids: list[int], ids: list[int], L: int, eot_id: int) -> list[int]:
+    """The longest cut of at most L sampled ids that OpenRLHF will re-tokenise to the same ids.
 
-    Usually exactly ids[:L]; one token shorter when the L-th token would merge differently
-    when re-tokenised (a split multi-byte character, say). Empty if no cut round-trips.
+    The check renders the conversation as OpenRLHF's SFT dataset does (chat template over the
+    prompt messages + the assistant text, trailing newlines stripped, no special tokens added)
+    and requires prompt ids + the cut + end-of-turn. Usually the cut is exactly ids[:L]; it is
+    shorter when the L-th token would merge differently or the template trims the text (a split
+    multi-byte character, trailing whitespace under Llama's template). Empty if none works.
     """
     for k in range(min(L, len(ids)), 0, -1):
         text = tokenizer.decode(ids[:k], skip_special_tokens=False)
-        if tokenizer(prompt_text + text, add_special_tokens=False).input_ids == prompt_ids + ids[:k]:
+        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": text}], tokenize=False)
+        want = prompt_ids + ids[:k] + [eot_id]
+        if tokenizer(full.rstrip("\n"), add_special_tokens=False).input_ids[:len(want)] == want:
             return ids[:k]
     return []
 
@@ -31,8 +36,9 @@ def _row(sample: dict, kind: str, msgs: list[dict], prompt_text: str, prompt_ids
         "id": sample["id"],
         "sample_index": sample.get("sample_index", 0),
         "kind": kind,
+        # OpenRLHF's keys (--data.input_key prompt --data.output_key response): both message lists
         "prompt": msgs,
-        "response": tokenizer.decode(response_ids, skip_special_tokens=False),
+        "response": [{"role": "assistant", "content": tokenizer.decode(response_ids, skip_special_tokens=False)}],
         "prompt_text": prompt_text,
         "prompt_ids": prompt_ids,
         "target_ids": response_ids + [eot_id],
@@ -42,8 +48,8 @@ def _row(sample: dict, kind: str, msgs: list[dict], prompt_text: str, prompt_ids
 
 def full_row(sample: dict, tokenizer, eot_id: int) -> dict | None:
     """The whole sampled response under the sampling prompt (plain question)."""
-    ids = cut_prefix(tokenizer, sample["prompt"], sample["prompt_ids"], sample["response_ids"],
-                     len(sample["response_ids"]))
+    ids = cut_prefix(tokenizer, sample["messages"], sample["prompt_ids"], sample["response_ids"],
+                     len(sample["response_ids"]), eot_id)
     if sample["response_ids"] and not ids:
         return None
     return _row(sample, "full", sample["messages"], sample["prompt"], sample["prompt_ids"], ids, tokenizer, eot_id)
@@ -55,7 +61,7 @@ def prefix_row(sample: dict, tokenizer, eot_id: int, L: int, suffix: bool = True
     if suffix:
         msgs[-1]["content"] += UPFT_SUFFIX
     text, ids = render(tokenizer, msgs)
-    prefix = cut_prefix(tokenizer, text, ids, sample["response_ids"], L)
+    prefix = cut_prefix(tokenizer, msgs, ids, sample["response_ids"], L, eot_id)
     if not prefix:
         return None
     return _row(sample, "prefix", msgs, text, ids, prefix, tokenizer, eot_id)

@@ -17,7 +17,7 @@ from upft.data import BENCHMARKS, load_benchmark
 from upft.generation import GenRequest, request_seed
 from upft.grading import Grader
 from upft.prompts import messages, render
-from upft.runio import JsonlAppender, environment, read_jsonl, write_json
+from upft.runio import JsonlAppender, environment, write_json, write_text
 
 
 @dataclass
@@ -119,9 +119,5 @@ def evaluate(model_label: str, benchmarks: list[str], tokenizer, backend, out_di
     results = {b: evaluate_benchmark(b, tokenizer, backend, out, s, data_dir) for b in benchmarks}
     summary = {"model": model_label, "benchmarks": results, "settings": vars(s), "environment": environment()}
     write_json(out / "summary.json", summary)
-    (out / "results.md").write_text(markdown_table([(model_label, results)], benchmarks))
+    write_text(out / "results.md", markdown_table([(model_label, results)], benchmarks))
     return summary
-
-
-def load_rows(out_dir: str, name: str) -> list[dict]:
-    return read_jsonl(Path(out_dir) / f"{name}.jsonl")

