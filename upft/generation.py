@@ -99,6 +99,8 @@ class TransformersBackend:
             max_new_tokens=max_new, do_sample=sample, num_beams=1,
             temperature=temperature if sample else None, top_p=top_p if sample else None,
             top_k=(top_k or None) if sample else None, eos_token_id=self.stop_ids, pad_token_id=pad,
+            # on a GPU a preallocated KV cache avoids re-copying a growing cache at every step
+            cache_implementation="static" if self.model.device.type == "cuda" else None,
         )
         if sample:
             torch.manual_seed(request_seed(*(r.seed for r in batch)))
