@@ -46,3 +46,27 @@ def test_sample_and_token_averaging_differ_as_documented():
     # with accumulation 2, each micro-batch's share halves so the sum over micro-batches is the mean
     half = loss_fn("sample", accumulation=2)(out, batch["labels"])
     assert math.isclose(half.item(), per_sample.item() / 2, rel_tol=1e-6)
+
+
+def test_lora_training_saves_a_merged_plain_folder(tmp_path, model_path, tok):
+    from test_prefix import RESPONSES, fake_sample
+    from transformers import AutoModelForCausalLM
+
+    from upft.builders import build_upft
+    from upft.models import end_of_turn_id
+    from upft.stages import run_train
+    from upft.train import TrainSettings
+
+    rows, _ = build_upft([fake_sample(tok, i, t, "prefix") for i, t in enumerate(RESPONSES)], tok,
+                         end_of_turn_id(tok), L=8)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    settings = TrainSettings(lr=1e-3, batch_size=3, micro_batch=3, warmup_ratio=0.0, lora_rank=4, device="cpu")
+    out = run_train(str(data), model_path, str(tmp_path / "model"), settings)
+    assert not list(out.glob("adapter_*")) and (out / "config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(model_path)
+    tuned = AutoModelForCausalLM.from_pretrained(out)
+    assert not hasattr(tuned, "peft_config")
+    changed = [n for n, p in tuned.named_parameters()
+               if not torch.allclose(p.float(), base.get_parameter(n).float())]
+    assert changed and any("proj" in n for n in changed)  # the LoRA deltas were merged into the weights
