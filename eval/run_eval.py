@@ -7,6 +7,7 @@
 import argparse
 
 from upft.evaluate import EvalSettings
+from upft.generation import add_decoding_args
 from upft.runio import cli
 from upft.stages import run_eval
 
@@ -17,16 +18,8 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--benchmarks", default="gsm8k,math500", help="comma-separated")
     ap.add_argument("--data-dir", help="local mirror laid out like ../shared/data (default: the hub)")
     ap.add_argument("--limit", type=int, help="first N questions of each benchmark")
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--n", type=int, default=1, help="samples per question")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper)")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--prompt-style", default="auto", help="auto, plain, boxed or qwen-math")
-    ap.add_argument("--backend", default="transformers")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-size", type=int, default=32)
+    add_decoding_args(ap, temperature=0.0)  # greedy, as the paper evaluates
     ap.add_argument("--label", help="name of this model in the results table")
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")

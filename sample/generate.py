@@ -9,6 +9,7 @@ for the rest; full mode (baselines) decodes every response in full.
 
 import argparse
 
+from upft.generation import add_decoding_args
 from upft.runio import cli
 from upft.stages import run_sample
 
@@ -28,15 +29,7 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--L", type=int, default=32, help="prefix length in tokens")
     ap.add_argument("--p", type=float, default=0.1, help="fraction of questions sampled in full")
     ap.add_argument("--n", type=int, default=1, help="draws per question")
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
-    ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--prompt-style", default="auto", help="auto, plain, boxed or qwen-math")
-    ap.add_argument("--backend", default="transformers")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-size", type=int, default=32)
+    add_decoding_args(ap, temperature=0.6)  # the paper samples at T=0.6
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true", help="replace a different run in --out")
     a = ap.parse_args(argv)

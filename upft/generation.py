@@ -116,6 +116,19 @@ class TransformersBackend:
         return results
 
 
+def add_decoding_args(ap, temperature: float) -> None:
+    """The decoding and backend flags shared by sampling and evaluation (one definition)."""
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0, help="0 = off")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt-style", default="auto", help="auto, plain, boxed or qwen-math")
+    ap.add_argument("--backend", default="transformers")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=32)
+
+
 def make_backend(name: str, model_path: str, tokenizer, stop_ids: list[int], **kwargs):
     if name == "transformers":
         return TransformersBackend(model_path, tokenizer, stop_ids, **kwargs)

@@ -31,6 +31,19 @@ def _skip(out: Path, settings: dict, outputs: list[str], force: bool) -> bool:
     return False
 
 
+def _stage_input(path: str, name: str) -> tuple[Path, list[dict]]:
+    """The rows of an earlier stage's output: the file itself, or ``name`` inside its folder."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / name
+    if not p.is_file():
+        raise UserError(f"{name} not found: {p}")
+    rows = read_jsonl(p)
+    if not rows:
+        raise UserError(f"{p}: no rows")
+    return p, rows
+
+
 def _backend(name: str, model_path: str, tokenizer, device: str, batch_size: int):
     stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id})
     return make_backend(name, model_path, tokenizer, stop, device=device, batch_size=batch_size)
@@ -72,14 +85,7 @@ def run_sample(model: str, questions: str, out: str, *, question_field: str = "q
 def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, suffix: bool = True,
              model: str | None = None, force: bool = False) -> Path:
     """Build a training set (``out/train.jsonl`` + ``out/stats.json``) from a samples file."""
-    spath = Path(samples)
-    if spath.is_dir():
-        spath = spath / "samples.jsonl"
-    if not spath.is_file():
-        raise UserError(f"samples file not found: {spath}")
-    rows = read_jsonl(spath)
-    if not rows:
-        raise UserError(f"{spath}: no samples")
+    spath, rows = _stage_input(samples, "samples.jsonl")
     if model is None:
         man = spath.parent / "manifest.json"
         if not man.exists():
@@ -108,14 +114,7 @@ def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, suffi
 
 def run_train(data: str, model: str, out: str, settings: TrainSettings, force: bool = False) -> Path:
     """Fine-tune ``model`` on a prepared ``train.jsonl``; writes a plain HF folder to ``out``."""
-    dpath = Path(data)
-    if dpath.is_dir():
-        dpath = dpath / "train.jsonl"
-    if not dpath.is_file():
-        raise UserError(f"training data not found: {dpath}")
-    rows = read_jsonl(dpath)
-    if not rows:
-        raise UserError(f"{dpath}: no training rows")
+    dpath, rows = _stage_input(data, "train.jsonl")
     model_path = resolve_model(model)
     fp = {"data_sha256": sha256_file(dpath), "model": model_path, **vars(settings)}
     outdir = Path(out)
