@@ -6,7 +6,7 @@
 
 import argparse
 
-from upft.evaluate import EvalSettings
+from upft.evaluate import EvalSettings, parse_limits
 from upft.generation import add_decoding_args
 from upft.runio import cli
 from upft.stages import run_eval
@@ -20,15 +20,20 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--limit", type=int, help="first N questions of each benchmark")
     ap.add_argument("--n", type=int, default=1, help="samples per question")
     add_decoding_args(ap, temperature=0.0)  # greedy, as the paper evaluates
+    ap.add_argument("--max-new-tokens-for", action="append", default=[], metavar="BENCH=N",
+                    help="per-benchmark limit, e.g. gsm8k=512 (repeatable; others use --max-new-tokens)")
+    ap.add_argument("--shuffle-seed", type=int, default=0, help="seed of the GPQA option order")
+    ap.add_argument("--judge", help="judge model for gpqa_open (the paper's protocol); without it, rule only")
     ap.add_argument("--label", help="name of this model in the results table")
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
-    s = EvalSettings(max_new_tokens=a.max_new_tokens, n=a.n, temperature=a.temperature, top_p=a.top_p,
-                     top_k=a.top_k, seed=a.seed, limit=a.limit)
+    s = EvalSettings(max_new_tokens=a.max_new_tokens, max_new_tokens_by=parse_limits(a.max_new_tokens_for), n=a.n,
+                     temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, limit=a.limit,
+                     shuffle_seed=a.shuffle_seed)
     summary = run_eval(a.model, a.out, [b for b in a.benchmarks.split(",") if b], s, data_dir=a.data_dir,
                        prompt_style=a.prompt_style, backend=a.backend, device=a.device,
-                       batch_size=a.batch_size, label=a.label, force=a.force)
+                       batch_size=a.batch_size, label=a.label, judge=a.judge, force=a.force)
     for name, r in summary["benchmarks"].items():
         print(f"{name}: {r['accuracy']:.1f}% (95% CI {r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}), "
               f"{r['n_questions']} questions")

@@ -72,3 +72,38 @@ def test_shared_mirror_benchmarks():
     math = load_benchmark("math500", str(SHARED_DATA))
     assert len(math) == 500 and len({q.id for q in math}) == 500
     assert len(load_benchmark("aime24", str(SHARED_DATA))) == 30
+
+
+FIXTURE = str(REPO / "tests" / "fixtures" / "mirror")
+
+
+def test_gpqa_options_are_shuffled_per_question_from_a_seed():
+    qs = load_benchmark("gpqa_diamond", FIXTURE)
+    assert [q.id for q in qs] == ["recFIX001", "recFIX002", "recFIX003"]
+    for q in qs:
+        perm, options = q.extra["permutation"], q.extra["options"]
+        assert sorted(perm) == [0, 1, 2, 3]
+        # the gold letter points at the correct answer, and the prompt shows the options in that order
+        assert q.answer == "ABCD"[perm.index(0)]
+        correct = {"recFIX001": "Nitrogen", "recFIX002": "Newton", "recFIX003": "Mitochondrion"}[q.id]
+        assert options["ABCD".index(q.answer)] == correct  # stripped of the file's stray whitespace
+        for letter, option in zip("ABCD", options):
+            assert f"\n{letter}) {option}\n" in q.text
+        assert q.text.endswith("Answer with the letter (A, B, C or D) of the correct option.")
+    again = load_benchmark("gpqa_diamond", FIXTURE)
+    assert [q.extra for q in again] == [q.extra for q in qs]  # deterministic across calls
+    others = [load_benchmark("gpqa_diamond", FIXTURE, shuffle_seed=s) for s in range(1, 6)]
+    assert any([q.extra for q in o] != [q.extra for q in qs] for o in others)  # the seed matters
+    # the order of a question does not depend on which other questions are loaded
+    assert load_benchmark("gpqa_diamond", FIXTURE, limit=1)[0].extra == qs[0].extra
+
+
+def test_gpqa_bad_inputs(tmp_path):
+    (tmp_path / "gpqa").mkdir()
+    (tmp_path / "gpqa" / "gpqa_diamond.csv").write_text("Question,Correct Answer,Record ID\nq,a,r1\n")
+    with pytest.raises(UserError, match="no field 'Incorrect Answer 1'"):
+        load_benchmark("gpqa_diamond", str(tmp_path))
+    with pytest.raises(UserError, match="gpqa_open has no hub dataset"):
+        load_benchmark("gpqa_open")
+    open_qs = load_benchmark("gpqa_open", FIXTURE)
+    assert [q.answer for q in open_qs] == ["newton", "6"]

@@ -67,7 +67,13 @@ def load_questions(
     limit: int | None = None,
 ) -> list[Question]:
     """Questions from a file or hub dataset with configurable field names."""
-    rows = read_rows(source, split, config)
+    return questions_from_rows(read_rows(source, split, config), source, question_field, answer_field, id_field,
+                               limit)
+
+
+def questions_from_rows(rows: list[dict], source: str, question_field: str, answer_field: str | None,
+                        id_field: str | None, limit: int | None = None) -> list[Question]:
+    """Check the fields of loaded rows and turn them into Questions (ids must be unique)."""
     if not rows:
         raise UserError(f"{source}: no questions")
     rows = rows[:limit] if limit else rows
@@ -86,30 +92,69 @@ def load_questions(
 
 @dataclass(frozen=True)
 class Benchmark:
-    hub_id: str
+    hub_id: str | None  # None: no hub dataset exists, only a local file
     config: str | None
     split: str
     local_file: str  # path inside a mirror folder laid out like ../shared/data
     question_field: str
     answer_field: str
     id_field: str | None
-    kind: str = "math"  # how answers are graded: "math" or "choice"
+    # how answers are graded: "math" (math-verify), "choice" (a letter A-D), or "open"
+    # (free-form; an LLM judge OR math-verify, as the paper graded its open-ended GPQA)
+    kind: str = "math"
 
 
 BENCHMARKS = {
     "gsm8k": Benchmark("openai/gsm8k", "main", "test", "gsm8k/test.jsonl", "question", "answer", None),
     "math500": Benchmark("HuggingFaceH4/MATH-500", None, "test", "math500/test.jsonl", "problem", "answer", "unique_id"),
     "aime24": Benchmark("HuggingFaceH4/aime_2024", None, "train", "aime24/train.jsonl", "problem", "answer", "id"),
+    "gpqa_diamond": Benchmark("Idavidrein/gpqa", "gpqa_diamond", "train", "gpqa/gpqa_diamond.csv", "Question",
+                              "Correct Answer", "Record ID", "choice"),
+    # The UPFT authors' open-answer GPQA-Diamond (no options); it is not on the hub.
+    "gpqa_open": Benchmark(None, None, "test", "gpqa/diamond_open_answer.jsonl", "question", "answer", None, "open"),
 }
+CHOICE_INSTRUCTION = "Answer with the letter (A, B, C or D) of the correct option."
+_WRONG_FIELDS = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
 
-def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = None) -> list[Question]:
+def with_choices(q: Question, wrong: list[str], shuffle_seed: int) -> Question:
+    """A GPQA question with its four options shuffled deterministically per question.
+
+    The order depends only on (shuffle_seed, question id), so every model and every rerun sees
+    the same options; ``permutation[i]`` says which original option is shown as letter i
+    (0 = the correct answer), and the gold becomes that letter.
+    """
+    import random
+
+    from upft.generation import request_seed
+
+    options = [q.answer.strip()] + [w.strip() for w in wrong]
+    perm = random.Random(request_seed(shuffle_seed, "choices", q.id)).sample(range(4), 4)
+    shown = "\n".join(f"{'ABCD'[i]}) {options[j]}" for i, j in enumerate(perm))
+    text = f"{q.text.strip()}\n\n{shown}\n\n{CHOICE_INSTRUCTION}"
+    extra = {"options": [options[j] for j in perm], "permutation": perm}
+    return Question(q.id, text, "ABCD"[perm.index(0)], extra)
+
+
+def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = None,
+                   shuffle_seed: int = 0) -> list[Question]:
+    """A benchmark's questions from the hub, or from a local mirror folder when ``data_dir`` is set."""
     if name not in BENCHMARKS:
         raise UserError(f"unknown benchmark '{name}' (known: {', '.join(BENCHMARKS)})")
     b = BENCHMARKS[name]
-    source = b.hub_id
     if data_dir:
         source = str(Path(data_dir) / b.local_file)
         if not Path(source).is_file():
             raise UserError(f"mirror folder {data_dir} has no {b.local_file} (needed for {name})")
-    return load_questions(source, b.question_field, b.answer_field, b.id_field, b.split, b.config, limit)
+    elif b.hub_id is None:
+        raise UserError(f"{name} has no hub dataset; pass --data-dir with a folder holding {b.local_file}")
+    else:
+        source = b.hub_id
+    rows = read_rows(source, b.split, b.config)
+    questions = questions_from_rows(rows, source, b.question_field, b.answer_field, b.id_field, limit)
+    if b.kind != "choice":
+        return questions
+    for key in _WRONG_FIELDS:
+        if key not in rows[0]:
+            raise UserError(f"{source}: no field '{key}' (a GPQA file has Incorrect Answer 1-3)")
+    return [with_choices(q, [row[k] for k in _WRONG_FIELDS], shuffle_seed) for q, row in zip(questions, rows)]

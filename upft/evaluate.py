@@ -10,19 +10,21 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from upft.data import BENCHMARKS, load_benchmark
+from upft.data import BENCHMARKS, Question, load_benchmark
 from upft.generation import GenRequest, request_seed
 from upft.grading import Grader
+from upft.judge import Judge, judge_rows
 from upft.prompts import messages, render
-from upft.runio import JsonlAppender, environment, write_json, write_text
+from upft.runio import JsonlAppender, UserError, environment, write_json, write_jsonl, write_text
 
 
 @dataclass
 class EvalSettings:
     max_new_tokens: int = 1024
+    max_new_tokens_by: dict[str, int] = field(default_factory=dict)  # per-benchmark overrides
     n: int = 1  # samples per question; 1 with temperature 0 is the paper's greedy protocol
     temperature: float = 0.0
     top_p: float = 1.0
@@ -31,6 +33,21 @@ class EvalSettings:
     limit: int | None = None
     style: str = "boxed"
     grade_timeout_s: float = 10.0
+    shuffle_seed: int = 0  # GPQA option order; fixed apart from --seed so all models see the same order
+
+    def budget(self, benchmark: str) -> int:
+        return self.max_new_tokens_by.get(benchmark, self.max_new_tokens)
+
+
+def parse_limits(items: list[str]) -> dict[str, int]:
+    """``["gsm8k=512", "math500=1024"]`` -> per-benchmark max-new-tokens."""
+    out = {}
+    for item in items:
+        name, _, n = item.partition("=")
+        if name not in BENCHMARKS or not n.isdigit() or int(n) <= 0:
+            raise UserError(f"bad per-benchmark limit '{item}' (want BENCH=N with BENCH one of {', '.join(BENCHMARKS)})")
+        out[name] = int(n)
+    return out
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -66,9 +83,9 @@ def summarise(rows: list[dict], n: int) -> dict:
 
 
 def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSettings,
-                       data_dir: str | None = None) -> dict:
+                       data_dir: str | None = None, judge: Judge | None = None) -> dict:
     bench = BENCHMARKS[name]
-    questions = load_benchmark(name, data_dir, s.limit)
+    questions = load_benchmark(name, data_dir, s.limit, s.shuffle_seed)
     writer = JsonlAppender(out_dir / f"{name}.jsonl")
     rows = writer.done_rows()
     done = {(r["id"], r["sample_index"]) for r in rows}
@@ -79,14 +96,15 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
             if (q.id, k) in done:
                 continue
             key = f"{q.id}#{k}"
-            meta[key] = {"id": q.id, "sample_index": k, "prompt": text, "gold": q.answer}
-            requests.append(GenRequest(key, tuple(ids), s.max_new_tokens, s.temperature, s.top_p, s.top_k,
+            meta[key] = {"id": q.id, "sample_index": k, "prompt": text, "gold": q.answer, **q.extra}
+            requests.append(GenRequest(key, tuple(ids), s.budget(name), s.temperature, s.top_p, s.top_k,
                                        request_seed(s.seed, q.id, k)))
     print(f"[eval] {name}: {len(questions)} questions, {len(requests)} draws to run", file=sys.stderr)
+    rule_kind = "math" if bench.kind == "open" else bench.kind
     t0, new_tokens = time.time(), 0
     with Grader() as grader:
         for batch in backend.generate(requests):
-            grades = grader.grade([(bench.kind, r.text, meta[r.key]["gold"]) for r in batch], s.grade_timeout_s)
+            grades = grader.grade([(rule_kind, r.text, meta[r.key]["gold"]) for r in batch], s.grade_timeout_s)
             new = [{**meta[r.key], "response": r.text, "finish_reason": r.finish_reason,
                     "n_tokens": len(r.token_ids) + (r.finish_reason == "stop"), **g}
                    for r, g in zip(batch, grades)]
@@ -94,11 +112,29 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
             writer.append(new)
             rows.extend(new)
     wall = time.time() - t0
+    grader_note = {"math": "math-verify (gold parsed first)", "choice": "letter of the last answer statement"}
+    graded = {"grader": grader_note.get(bench.kind)}
+    if bench.kind == "open":
+        graded = _judge_open(rows, questions, judge, writer)
     writer.finish()
-    summary = {"benchmark": name, **summarise(rows, s.n), "wall_s": wall,
-               "tokens_per_s": new_tokens / wall if wall and new_tokens else None}
+    summary = {"benchmark": name, **summarise(rows, s.n), **graded, "max_new_tokens": s.budget(name),
+               "style": s.style, "wall_s": wall, "tokens_per_s": new_tokens / wall if wall and new_tokens else None}
     write_json(out_dir / f"{name}.summary.json", summary)
     return summary
+
+
+def _judge_open(rows: list[dict], questions: list[Question], judge: Judge | None, writer: JsonlAppender) -> dict:
+    """Grade open answers as the paper did (judge OR rule), or by rule alone when no judge is given."""
+    if judge is None:
+        print("[eval] gpqa_open: no --judge model given; grading by rule (math-verify) only, which "
+              "under-counts free-form answers", file=sys.stderr)
+        return {"grader": "rule only (math-verify; no judge model given)"}
+    judge_rows(rows, {q.id: q.text for q in questions}, judge)
+    write_jsonl(writer.partial, rows)  # the judged rows replace the unjudged ones in one rename
+    n = max(len(rows), 1)
+    return {"grader": f"judge OR rule (judge: {judge.label})",
+            "accuracy_rule": 100 * sum(r["rule_correct"] for r in rows) / n,
+            "accuracy_judge": 100 * sum(r["judge_correct"] for r in rows) / n}
 
 
 def markdown_table(rows: list[tuple[str, dict[str, dict]]], benchmarks: list[str]) -> str:
@@ -113,10 +149,10 @@ def markdown_table(rows: list[tuple[str, dict[str, dict]]], benchmarks: list[str
 
 
 def evaluate(model_label: str, benchmarks: list[str], tokenizer, backend, out_dir: str, s: EvalSettings,
-             data_dir: str | None = None) -> dict:
+             data_dir: str | None = None, judge: Judge | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = {b: evaluate_benchmark(b, tokenizer, backend, out, s, data_dir) for b in benchmarks}
+    results = {b: evaluate_benchmark(b, tokenizer, backend, out, s, data_dir, judge) for b in benchmarks}
     summary = {"model": model_label, "benchmarks": results, "settings": vars(s), "environment": environment()}
     write_json(out / "summary.json", summary)
     write_text(out / "results.md", markdown_table([(model_label, results)], benchmarks))

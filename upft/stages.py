@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 from upft import builders
-from upft.data import load_benchmark, load_questions
+from upft.data import BENCHMARKS, load_benchmark, load_questions
 from upft.evaluate import EvalSettings, evaluate
 from upft.generation import make_backend
+from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model
 from upft.prompts import style_for
 from upft.runio import (UserError, read_json, read_jsonl, sha256_file, begin_stage, write_json,
@@ -126,18 +127,28 @@ def run_train(data: str, model: str, out: str, settings: TrainSettings, force: b
 
 def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings, *, data_dir: str | None = None,
              prompt_style: str = "auto", backend: str = "transformers", device: str = "auto",
-             batch_size: int = 32, label: str | None = None, force: bool = False) -> dict:
-    """Evaluate a model on benchmarks; writes per-question rows, summaries and a markdown table."""
+             batch_size: int = 32, label: str | None = None, judge: str | None = None,
+             force: bool = False) -> dict:
+    """Evaluate a model on benchmarks; writes per-question rows, summaries and a markdown table.
+
+    ``judge`` (a model spec) grades open-answer benchmarks (gpqa_open) as the paper did.
+    """
     for b in benchmarks:  # fail on a bad name or a missing mirror file before loading the model
         load_benchmark(b, data_dir, 1)
     model_path = resolve_model(model)
+    judge_path = resolve_model(judge) if judge else None
     settings.style = style_for(model, prompt_style)
-    fp = {"model": model_path, "benchmarks": benchmarks, "data_dir": data_dir, **vars(settings)}
+    fp = {"model": model_path, "benchmarks": benchmarks, "data_dir": data_dir, "judge": judge_path,
+          **vars(settings)}
     outdir = Path(out)
     if _skip(outdir, fp, ["summary.json"], force):
         return read_json(outdir / "summary.json")
     tok = load_tokenizer(model_path)
     gen = _backend(backend, model_path, tok, device, batch_size)
-    summary = evaluate(label or model, benchmarks, tok, gen, out, settings, data_dir)
+    grader = None
+    if judge_path and any(BENCHMARKS[b].kind == "open" for b in benchmarks):
+        judge_tok = load_tokenizer(judge_path)
+        grader = Judge(judge, judge_tok, _backend(backend, judge_path, judge_tok, device, batch_size))
+    summary = evaluate(label or model, benchmarks, tok, gen, out, settings, data_dir, grader)
     write_manifest(outdir, "eval", fp)
     return summary
