@@ -1,4 +1,8 @@
-"""Training-set builders: UPFT (prefixes + a full fraction) and the SFT baseline.
+"""Training-set builders: UPFT (prefixes + a full fraction) and its baselines.
+
+UPFT and SFT use one unfiltered self-sample per question. RFT and Label Filter use a pool of n
+samples per question graded against reference answers: RFT tunes on one correct sample in full,
+Label Filter builds UPFT's prefixes (and full fraction) from one correct sample.
 
 Each row holds both text (for OpenRLHF, which re-tokenises with the chat template) and the
 exact ids our local trainer uses: ``prompt_ids`` and ``target_ids`` (response + end-of-turn).
@@ -8,8 +12,12 @@ ids the model sampled; OpenRLHF then trains exactly those tokens.
 
 from __future__ import annotations
 
+import random
+
+from upft.generation import request_seed
 from upft.prompts import UPFT_SUFFIX, render
 from upft.runio import UserError
+from upft.sampling import choose_full
 
 
 def cut_prefix(tokenizer, msgs: list[dict], prompt_ids: list[int], ids: list[int], L: int, eot_id: int) -> list[int]:
@@ -82,16 +90,56 @@ def build_upft(samples: list[dict], tokenizer, eot_id: int, L: int, suffix: bool
 
 
 def build_sft(samples: list[dict], tokenizer, eot_id: int) -> tuple[list[dict], int]:
-    """SFT baseline: the whole self-generated response for every question."""
+    """SFT baseline: the whole self-generated response of each question's first draw."""
     if any(s["draw"] != "full" for s in samples):
         raise UserError("SFT needs full-length samples; sample with --mode full")
-    rows = [full_row(s, tokenizer, eot_id) for s in samples]
+    rows = [full_row(s, tokenizer, eot_id) for s in samples if s.get("sample_index", 0) == 0]
     kept = [r for r in rows if r is not None]
     return kept, len(rows) - len(kept)
 
 
+def pick_correct(samples: list[dict], correct: list[bool], seed: int) -> list[dict]:
+    """One correct sample per question, drawn at random (seeded per question); questions with none are left out."""
+    by_q: dict[str, list[dict]] = {}
+    for s, ok in zip(samples, correct):
+        if ok:
+            by_q.setdefault(s["id"], []).append(s)
+    picked = []
+    for qid in sorted(by_q):
+        pool = sorted(by_q[qid], key=lambda s: s["sample_index"])
+        picked.append(random.Random(request_seed(seed, "pick", qid)).choice(pool))
+    return picked
+
+
+def _check_pool(samples: list[dict], method: str) -> None:
+    if any(s["draw"] != "full" for s in samples):
+        raise UserError(f"{method} needs full-length samples to grade; sample with --mode full --n 16")
+
+
+def build_rft(samples: list[dict], correct: list[bool], tokenizer, eot_id: int, seed: int) -> tuple[list[dict], int]:
+    """RFT: one correct sample per question, tuned in full. ``dropped`` counts questions with no usable one."""
+    _check_pool(samples, "RFT")
+    rows = [full_row(s, tokenizer, eot_id) for s in pick_correct(samples, correct, seed)]
+    kept = [r for r in rows if r is not None]
+    return kept, len({s["id"] for s in samples}) - len(kept)
+
+
+def build_label_filter(samples: list[dict], correct: list[bool], tokenizer, eot_id: int, L: int, p: float,
+                       seed: int, suffix: bool = True) -> tuple[list[dict], int]:
+    """Label Filter: UPFT's prefixes (and its full fraction p) cut from one correct sample per question."""
+    _check_pool(samples, "Label Filter")
+    picked = pick_correct(samples, correct, seed)
+    full = choose_full([s["id"] for s in picked], p, seed)
+    rows, _ = build_upft([{**s, "draw": "full" if s["id"] in full else "prefix"} for s in picked],
+                         tokenizer, eot_id, L, suffix)
+    return rows, len({s["id"] for s in samples}) - len(rows)
+
+
 def stats(method: str, samples: list[dict], rows: list[dict], dropped: int) -> dict:
-    """Counts and token accounting: sampling tokens (all decoded) and tuning tokens (under the loss)."""
+    """Counts and token accounting: sampling tokens (all decoded) and tuning tokens (under the loss).
+
+    ``n_dropped`` counts rows (UPFT, SFT) or questions (RFT, Label Filter) left out of the set.
+    """
     return {
         "method": method,
         "n_samples": len(samples),
@@ -103,4 +151,5 @@ def stats(method: str, samples: list[dict], rows: list[dict], dropped: int) -> d
         "n_truncated_full": sum(r["kind"] == "full" and r["finish_reason"] == "length" for r in rows),
         "sampling_tokens": sum(s["n_tokens"] for s in samples),
         "tuning_tokens": sum(len(r["target_ids"]) for r in rows),
+        "mean_target_length": sum(len(r["target_ids"]) for r in rows) / max(len(rows), 1),
     }

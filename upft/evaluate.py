@@ -101,10 +101,12 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
                                        request_seed(s.seed, q.id, k)))
     print(f"[eval] {name}: {len(questions)} questions, {len(requests)} draws to run", file=sys.stderr)
     rule_kind = "math" if bench.kind == "open" else bench.kind
-    t0, new_tokens = time.time(), 0
+    t0, new_tokens, grade_s = time.time(), 0, 0.0
     with Grader() as grader:
         for batch in backend.generate(requests):
+            tg = time.time()
             grades = grader.grade([(rule_kind, r.text, meta[r.key]["gold"]) for r in batch], s.grade_timeout_s)
+            grade_s += time.time() - tg
             new = [{**meta[r.key], "response": r.text, "finish_reason": r.finish_reason,
                     "n_tokens": len(r.token_ids) + (r.finish_reason == "stop"), **g}
                    for r, g in zip(batch, grades)]
@@ -118,7 +120,9 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
         graded = _judge_open(rows, questions, judge, writer)
     writer.finish()
     summary = {"benchmark": name, **summarise(rows, s.n), **graded, "max_new_tokens": s.budget(name),
-               "style": s.style, "wall_s": wall, "tokens_per_s": new_tokens / wall if wall and new_tokens else None}
+               "style": s.style, "wall_s": wall, "grade_s": grade_s,
+               # generated tokens per second of generation (wall time minus grading)
+               "tokens_per_s": new_tokens / (wall - grade_s) if new_tokens else None}
     write_json(out_dir / f"{name}.summary.json", summary)
     return summary
 

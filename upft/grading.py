@@ -12,6 +12,7 @@ costs a few seconds instead of stalling a whole evaluation run.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -135,9 +136,10 @@ class Grader:
     workers can unpickle it; it replaces ``grade_item`` to add kinds of answer.
     """
 
-    def __init__(self, grade_fn: GradeFn = grade_item, workers: int = 2) -> None:
+    def __init__(self, grade_fn: GradeFn = grade_item, workers: int | None = None) -> None:
         self._grade_fn = grade_fn
-        self._workers = workers
+        # math-verify is CPU-bound and grading a whole benchmark at once is on the clock
+        self._workers = workers or max(2, min(8, os.cpu_count() or 2))
         self._ctx = multiprocessing.get_context("forkserver")
         # Takes effect only if no fork server runs yet; otherwise each worker imports this module.
         self._ctx.set_forkserver_preload(["__main__", __name__])

@@ -16,6 +16,7 @@ from upft import builders
 from upft.data import BENCHMARKS, load_benchmark, load_questions
 from upft.evaluate import EvalSettings, evaluate
 from upft.generation import make_backend
+from upft.grading import Grader
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model
 from upft.prompts import style_for
@@ -83,10 +84,27 @@ def run_sample(model: str, questions: str, out: str, *, question_field: str = "q
     return outdir
 
 
-def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, suffix: bool = True,
-             model: str | None = None, force: bool = False) -> Path:
-    """Build a training set (``out/train.jsonl`` + ``out/stats.json``) from a samples file."""
+METHODS = ("upft", "sft", "rft", "label_filter")
+
+
+def grade_samples(samples: list[dict]) -> list[bool]:
+    """Correctness of each sample against its question's reference answer (math-verify)."""
+    with Grader() as grader:
+        return [g["correct"] for g in grader.grade([("math", s["response"], s["answer"]) for s in samples])]
+
+
+def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, p: float = 0.1, suffix: bool = True,
+             seed: int = 0, model: str | None = None, force: bool = False) -> Path:
+    """Build a training set (``out/train.jsonl`` + ``out/stats.json``) from a samples file.
+
+    ``p`` and ``seed`` matter to Label Filter (its full fraction) and RFT (which correct sample);
+    UPFT's full fraction was already drawn at sampling time.
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
     spath, rows = _stage_input(samples, "samples.jsonl")
+    if method in ("rft", "label_filter") and any(s.get("answer") is None for s in rows):
+        raise UserError(f"{method} needs reference answers: sample with --answer-field set")
     if model is None:
         man = spath.parent / "manifest.json"
         if not man.exists():
@@ -96,19 +114,29 @@ def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, suffi
         model_path = resolve_model(model)
     settings = {"samples_sha256": sha256_file(spath), "method": method, "L": L, "suffix": suffix,
                 "model": model_path}
+    if method in ("rft", "label_filter"):
+        settings.update(seed=seed, p=p if method == "label_filter" else None)
     outdir = Path(out)
     if _skip(outdir, settings, ["train.jsonl", "stats.json"], force):
         return outdir
     tok = load_tokenizer(model_path)
     eot = end_of_turn_id(tok)
+    extra = {}
     if method == "upft":
         train_rows, dropped = builders.build_upft(rows, tok, eot, L, suffix)
     elif method == "sft":
         train_rows, dropped = builders.build_sft(rows, tok, eot)
     else:
-        raise UserError(f"unknown method '{method}' (upft or sft)")
+        correct = grade_samples(rows)
+        extra = {"n_correct_samples": sum(correct),
+                 "n_questions_without_correct": len({s["id"] for s in rows})
+                 - len({s["id"] for s, ok in zip(rows, correct) if ok})}
+        if method == "rft":
+            train_rows, dropped = builders.build_rft(rows, correct, tok, eot, seed)
+        else:
+            train_rows, dropped = builders.build_label_filter(rows, correct, tok, eot, L, p, seed, suffix)
     write_jsonl(outdir / "train.jsonl", train_rows)
-    write_json(outdir / "stats.json", {**builders.stats(method, rows, train_rows, dropped), "L": L})
+    write_json(outdir / "stats.json", {**builders.stats(method, rows, train_rows, dropped), **extra, "L": L})
     write_manifest(outdir, "prep", settings)
     return outdir
 
