@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from upft.launch import command, parse
-from upft.runio import UserError
+from conftest import run_cli
+from upft.launch import command, loss_curve, main, parse
+from upft.runio import UserError, write_json
 
 
 @pytest.fixture
@@ -60,3 +61,57 @@ def test_bad_inputs(data, tmp_path):
         command(parse(["--data", str(bad), "--model", "m", "--out", "o"]))
     with pytest.raises(UserError, match="not found"):
         command(parse(["--data", str(tmp_path / "none.jsonl"), "--model", "m", "--out", "o"]))
+
+
+def test_config_file_sets_options_and_flags_override(data, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("model: m\ntrain:\n  lr: 2.0e-6\n  epochs: 3\n  zero-stage: 2\n  batch_size: 16\n")
+    cmd = command(parse(["--config", str(cfg), "--data", str(data), "--model", "m", "--out", "o",
+                         "--epochs", "2"]))
+    f = flags(cmd)
+    assert (f["--adam.lr"], f["--train.max_epochs"], f["--ds.zero_stage"], f["--train.batch_size"]) == \
+        ("2e-06", "2", "2", "16")
+    assert f["--logger.tensorboard_dir"] == "o/tensorboard"
+    cfg.write_text("train:\n  learning_rate: 1e-6\n")
+    with pytest.raises(UserError, match="unknown training option 'learning_rate'"):
+        parse(["--config", str(cfg), "--data", str(data), "--model", "m", "--out", "o"])
+    with pytest.raises(UserError, match="--out is required"):
+        parse(["--data", str(data), "--model", "m"])
+
+
+def test_loss_curve_is_read_from_tensorboard_events(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "tb" / "run"))
+    for step, loss in enumerate([2.0, 1.5, 1.25], start=1):
+        w.add_scalar("train/gpt_loss", loss, step)
+        w.add_scalar("train/lr", 1e-6, step)
+    w.add_scalar("eval/loss", 9.0, 1)
+    w.close()
+    assert loss_curve(str(tmp_path / "tb")) == [{"step": 1, "gpt_loss": 2.0, "lr": pytest.approx(1e-6)},
+                                               {"step": 2, "gpt_loss": 1.5, "lr": pytest.approx(1e-6)},
+                                               {"step": 3, "gpt_loss": 1.25, "lr": pytest.approx(1e-6)}]
+
+
+def test_more_gpus_than_present_is_one_error_line(data, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    r = run_cli("upft/launch.py", "--data", str(data), "--model", str(tmp_path / "m"), "--out",
+                str(tmp_path / "o"), "--gpus", "2", "--batch-size", "2")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: asked for 2 GPUs on this node but 0 are visible"
+    assert not (tmp_path / "o").exists()
+    r = run_cli("upft/launch.py", "--data", str(data), "--model", str(tmp_path / "nope"), "--out", "o")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "nope" in r.stderr
+
+
+def test_folder_holding_another_run_is_refused(data, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    out = tmp_path / "o"
+    out.mkdir()
+    write_json(out / "manifest.json", {"fingerprint": "another run"})
+    with pytest.raises(UserError, match="already holds a finished run with different settings"):
+        main(["--data", str(data), "--model", str(tmp_path / "m"), "--out", str(out)])

@@ -7,6 +7,12 @@ folder (``--data.apply_chat_template``), so OpenRLHF's "User: {}\\nAssistant: " 
 template can never be used by accident.
 
   python -m upft.launch --data R/prep --model R/base-hf --out R/model-openrlhf --gpus 8 [--dry-run]
+  python -m upft.launch --config configs/x.yaml --data R/prep --model M --out R/model   (flags override the file)
+
+The run is recorded like our other stages: OUT/manifest.json (settings fingerprint, wall time),
+OUT/openrlhf.log (its console output) and OUT/train_log.jsonl (the loss curve, read from the
+TensorBoard events OpenRLHF writes under OUT/tensorboard). A folder holding a different run is
+refused; the same finished run is skipped.
 """
 
 from __future__ import annotations
@@ -14,16 +20,21 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from upft.runio import UserError, cli, read_jsonl
+from upft.runio import UserError, begin_stage, cli, read_jsonl, sha256_file, write_jsonl, write_manifest
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="train.jsonl from data_prep/build.py, or its folder")
-    ap.add_argument("--model", required=True, help="HF folder or hub id (see upft.models for GGUF)")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--config", help="YAML of these options (keys as flags without '--'; a 'train:' section "
+                                     "of an experiment config works too); flags given here override it")
+    ap.add_argument("--data", help="train.jsonl from data_prep/build.py, or its folder")
+    ap.add_argument("--model", help="HF folder, hub id, GGUF file or embedded model name (GGUF is converted)")
+    ap.add_argument("--out")
     ap.add_argument("--gpus", type=int, default=1, help="GPUs per node")
     ap.add_argument("--nnodes", type=int, default=1)
     ap.add_argument("--node-rank", type=int, default=0)
@@ -42,12 +53,38 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-gradient-checkpointing", action="store_true")
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--lora-alpha", type=int, default=16)
-    ap.add_argument("--tensorboard", help="TensorBoard log folder")
+    ap.add_argument("--tensorboard", help="TensorBoard log folder (default: OUT/tensorboard)")
     ap.add_argument("--wandb-project", help="log to wandb (needs WANDB_API_KEY)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+    ap.add_argument("--force", action="store_true", help="replace a different run in --out")
     ap.add_argument("extra", nargs="*", help="further OpenRLHF flags, after --")
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    if a.config:
+        ap.set_defaults(**config_defaults(a.config, ap))
+        a = ap.parse_args(argv)
+    for key in ("data", "model", "out"):
+        if getattr(a, key) is None:
+            raise UserError(f"--{key} is required (on the command line or in --config)")
+    return a
+
+
+def config_defaults(path: str, ap: argparse.ArgumentParser) -> dict:
+    """Option defaults from a YAML file; an unknown key is an error, not silently ignored."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise UserError(f"config not found: {path}")
+    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    cfg = cfg.get("train", cfg)
+    known = {a.dest for a in ap._actions} - {"help", "config", "extra", "dry_run"}
+    out = {}
+    for key, value in cfg.items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            raise UserError(f"{path}: unknown training option '{key}' (known: {', '.join(sorted(known))})")
+        out[dest] = value
+    return out
 
 
 def check_data(path: Path) -> None:
@@ -64,8 +101,12 @@ def check_data(path: Path) -> None:
         raise UserError(f"{path}: OpenRLHF splits dataset paths on ',' and '@'; rename it")
 
 
+def data_file(a: argparse.Namespace) -> Path:
+    return Path(a.data) / "train.jsonl" if Path(a.data).is_dir() else Path(a.data)
+
+
 def command(a: argparse.Namespace) -> list[str]:
-    data = Path(a.data) / "train.jsonl" if Path(a.data).is_dir() else Path(a.data)
+    data = data_file(a)
     check_data(data)
     world = a.gpus * a.nnodes
     if a.batch_size % (a.micro_batch * world):
@@ -93,23 +134,71 @@ def command(a: argparse.Namespace) -> list[str]:
         cmd.append("--model.gradient_checkpointing_enable")
     if a.lora_rank:
         cmd += ["--ds.lora.rank", str(a.lora_rank), "--ds.lora.alpha", str(a.lora_alpha)]
-    if a.tensorboard:  # run_name is part of the log path; OpenRLHF's default holds a ':'
-        cmd += ["--logger.tensorboard_dir", a.tensorboard, "--logger.wandb.run_name", Path(a.out).name]
+    # run_name is part of the TensorBoard path; OpenRLHF's default holds a ':'
+    cmd += ["--logger.tensorboard_dir", tensorboard_dir(a), "--logger.wandb.run_name", Path(a.out).name]
     if a.wandb_project:
         cmd += ["--logger.wandb.key", os.environ.get("WANDB_API_KEY", ""), "--logger.wandb.project", a.wandb_project]
     return cmd + a.extra
 
 
+def tensorboard_dir(a: argparse.Namespace) -> str:
+    return a.tensorboard or str(Path(a.out) / "tensorboard")
+
+
+def check_gpus(wanted: int) -> None:
+    import torch
+
+    have = torch.cuda.device_count()
+    if wanted > have:
+        raise UserError(f"asked for {wanted} GPUs on this node but {have} are visible")
+
+
+def loss_curve(tb_dir: str) -> list[dict]:
+    """The training loss per logged step, read from OpenRLHF's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, dict] = {}
+    for events in sorted(Path(tb_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            if tag.startswith("train/"):
+                for e in acc.Scalars(tag):
+                    points.setdefault(e.step, {"step": e.step})[tag.removeprefix("train/")] = e.value
+    return [points[k] for k in sorted(points)]
+
+
 def main(argv: list[str] | None) -> None:
     a = parse(argv)
+    from upft.models import resolve_model
+
+    a.model = resolve_model(a.model)  # OpenRLHF needs an HF folder or hub id; a GGUF is converted once
     cmd = command(a)
     key = os.environ.get("WANDB_API_KEY")
     print(shlex.join("***" if key and c == key else c for c in cmd), flush=True)
-    if not a.dry_run:
-        try:
-            os.execvp(cmd[0], cmd)
-        except FileNotFoundError:
-            raise UserError(f"{cmd[0]} not found: install the GPU requirements (requirements-gpu.txt)") from None
+    if a.dry_run:
+        return
+    check_gpus(a.gpus)
+    settings = {"command": [c for c in cmd if c != key], "data_sha256": sha256_file(data_file(a))}
+    if a.node_rank == 0 and begin_stage(a.out, settings, ["config.json"], a.force):
+        print(f"[skip] {a.out} already holds this run", file=sys.stderr)
+        return
+    t0 = time.time()
+    log = Path(a.out) / "openrlhf.log"
+    try:
+        with log.open("w", encoding="utf-8") as f:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for line in proc.stdout:  # tee: the user sees progress, the folder keeps the log
+                sys.stdout.write(line)
+                f.write(line)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]} not found: install the GPU requirements (requirements-gpu.txt)") from None
+    if proc.wait() != 0:
+        raise UserError(f"OpenRLHF exited with status {proc.returncode}; see {log}")
+    if a.node_rank == 0:
+        curve = loss_curve(tensorboard_dir(a))
+        write_jsonl(Path(a.out) / "train_log.jsonl", curve)
+        write_manifest(a.out, "train-openrlhf", settings, wall_s=time.time() - t0, steps=len(curve))
 
 
 if __name__ == "__main__":
