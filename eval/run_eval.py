@@ -7,7 +7,7 @@
 import argparse
 
 from upft.evaluate import EvalSettings, parse_limits
-from upft.generation import add_decoding_args
+from upft.generation import add_decoding_args, backend_options
 from upft.runio import cli
 from upft.stages import run_eval
 
@@ -32,8 +32,8 @@ def main(argv: list[str] | None) -> None:
                      temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, limit=a.limit,
                      shuffle_seed=a.shuffle_seed)
     summary = run_eval(a.model, a.out, [b for b in a.benchmarks.split(",") if b], s, data_dir=a.data_dir,
-                       prompt_style=a.prompt_style, backend=a.backend, device=a.device,
-                       batch_size=a.batch_size, label=a.label, judge=a.judge, force=a.force)
+                       prompt_style=a.prompt_style, backend=a.backend,
+                       label=a.label, judge=a.judge, force=a.force, **backend_options(a))
     for name, r in summary["benchmarks"].items():
         print(f"{name}: {r['accuracy']:.1f}% (95% CI {r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}), "
               f"{r['n_questions']} questions")

@@ -9,7 +9,7 @@ for the rest; full mode (baselines) decodes every response in full.
 
 import argparse
 
-from upft.generation import add_decoding_args
+from upft.generation import add_decoding_args, backend_options
 from upft.runio import cli
 from upft.stages import run_sample
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None) -> None:
     run_sample(a.model, a.questions, a.out, question_field=a.question_field, answer_field=a.answer_field,
                id_field=a.id_field, split=a.split, config=a.config, limit=a.limit, mode=a.mode, L=a.L, p=a.p,
                n=a.n, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-               seed=a.seed, prompt_style=a.prompt_style, backend=a.backend, device=a.device,
-               batch_size=a.batch_size, gguf_sha256=a.gguf_sha256, force=a.force)
+               seed=a.seed, prompt_style=a.prompt_style, backend=a.backend,
+               gguf_sha256=a.gguf_sha256, force=a.force, **backend_options(a))
 
 
 if __name__ == "__main__":

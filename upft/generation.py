@@ -8,6 +8,7 @@ Backends yield results batch by batch, letting callers write and resume incremen
 from __future__ import annotations
 
 import hashlib
+import inspect
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -124,12 +125,33 @@ def add_decoding_args(ap, temperature: float) -> None:
     ap.add_argument("--top-k", type=int, default=0, help="0 = off")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-style", default="auto", help="auto, plain, boxed or qwen-math")
-    ap.add_argument("--backend", default="transformers")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--backend", default="transformers", help="transformers or vllm")
+    ap.add_argument("--device", default="auto", help="transformers only")
+    ap.add_argument("--batch-size", type=int, default=32, help="transformers only")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only: GPUs per engine")
+    ap.add_argument("--data-parallel-size", type=int, default=1, help="vllm only: engines, each on its own GPUs")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm only")
 
 
-def make_backend(name: str, model_path: str, tokenizer, stop_ids: list[int], **kwargs):
+BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization")
+
+
+def backend_options(args) -> dict:
+    """The backend flags of parsed arguments (see add_decoding_args), for make_backend."""
+    return {k: getattr(args, k) for k in BACKEND_OPTIONS}
+
+
+def make_backend(name: str, model_path: str, tokenizer, stop_ids: list[int], **options):
+    """The backend ``name``, given those of ``options`` it takes.
+
+    Callers pass every backend option (all the CLI flags); each backend has its own, e.g.
+    --device means nothing to vLLM and --tensor-parallel-size nothing to transformers.
+    """
     if name == "transformers":
-        return TransformersBackend(model_path, tokenizer, stop_ids, **kwargs)
-    raise UserError(f"unknown backend '{name}' (known: transformers)")
+        cls = TransformersBackend
+    elif name == "vllm":
+        from upft.vllm_backend import VLLMBackend as cls  # vllm itself loads only in its workers
+    else:
+        raise UserError(f"unknown backend '{name}' (known: transformers, vllm)")
+    takes = inspect.signature(cls).parameters
+    return cls(model_path, tokenizer, stop_ids, **{k: v for k, v in options.items() if k in takes})

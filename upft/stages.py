@@ -46,9 +46,10 @@ def _stage_input(path: str, name: str) -> tuple[Path, list[dict]]:
     return p, rows
 
 
-def _backend(name: str, model_path: str, tokenizer, device: str, batch_size: int):
+def _backend(name: str, model_path: str, tokenizer, **options):
+    """A generation backend stopping on the end-of-turn and eos tokens; ``options`` are its CLI flags."""
     stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id})
-    return make_backend(name, model_path, tokenizer, stop, device=device, batch_size=batch_size)
+    return make_backend(name, model_path, tokenizer, stop, **options)
 
 
 def run_sample(model: str, questions: str, out: str, *, question_field: str = "question",
@@ -56,8 +57,8 @@ def run_sample(model: str, questions: str, out: str, *, question_field: str = "q
                config: str | None = None, limit: int | None = None, mode: str = "upft", L: int = 32,
                p: float = 0.1, n: int = 1, max_new_tokens: int = 1024, temperature: float = 0.6,
                top_p: float = 1.0, top_k: int = 0, seed: int = 0, prompt_style: str = "auto",
-               backend: str = "transformers", device: str = "auto", batch_size: int = 32,
-               gguf_sha256: str | None = None, force: bool = False) -> Path:
+               backend: str = "transformers", gguf_sha256: str | None = None, force: bool = False,
+               **backend_options) -> Path:
     """Sample training responses into ``out/samples.jsonl``."""
     if L <= 0:
         raise UserError(f"L must be a positive number of tokens, got {L}")
@@ -74,7 +75,7 @@ def run_sample(model: str, questions: str, out: str, *, question_field: str = "q
     if _skip(outdir, settings, ["samples.jsonl"], force):
         return outdir
     tok = load_tokenizer(model_path)
-    gen = _backend(backend, model_path, tok, device, batch_size)
+    gen = _backend(backend, model_path, tok, **backend_options)
     t0 = time.time()
     records = sample(qs, tok, gen, str(outdir / "samples.jsonl"), mode=mode, L=L, p=p, n=n,
                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -154,9 +155,8 @@ def run_train(data: str, model: str, out: str, settings: TrainSettings, force: b
 
 
 def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings, *, data_dir: str | None = None,
-             prompt_style: str = "auto", backend: str = "transformers", device: str = "auto",
-             batch_size: int = 32, label: str | None = None, judge: str | None = None,
-             force: bool = False) -> dict:
+             prompt_style: str = "auto", backend: str = "transformers", label: str | None = None,
+             judge: str | None = None, force: bool = False, **backend_options) -> dict:
     """Evaluate a model on benchmarks; writes per-question rows, summaries and a markdown table.
 
     ``judge`` (a model spec) grades open-answer benchmarks (gpqa_open) as the paper did.
@@ -166,17 +166,19 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
     model_path = resolve_model(model)
     judge_path = resolve_model(judge) if judge else None
     settings.style = style_for(model, prompt_style)
-    fp = {"model": model_path, "benchmarks": benchmarks, "data_dir": data_dir, "judge": judge_path,
-          **vars(settings)}
+    # a retrained model in the same folder is a different model: its training manifest says so
+    man = Path(model_path) / "manifest.json"
+    fp = {"model": model_path, "model_run": read_json(man).get("fingerprint") if man.is_file() else None,
+          "benchmarks": benchmarks, "data_dir": data_dir, "judge": judge_path, **vars(settings)}
     outdir = Path(out)
     if _skip(outdir, fp, ["summary.json"], force):
         return read_json(outdir / "summary.json")
     tok = load_tokenizer(model_path)
-    gen = _backend(backend, model_path, tok, device, batch_size)
+    gen = _backend(backend, model_path, tok, **backend_options)
     grader = None
     if judge_path and any(BENCHMARKS[b].kind == "open" for b in benchmarks):
         judge_tok = load_tokenizer(judge_path)
-        grader = Judge(judge, judge_tok, _backend(backend, judge_path, judge_tok, device, batch_size))
+        grader = Judge(judge, judge_tok, _backend(backend, judge_path, judge_tok, **backend_options))
     summary = evaluate(label or model, benchmarks, tok, gen, out, settings, data_dir, grader)
     write_manifest(outdir, "eval", fp)
     return summary

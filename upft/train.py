@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,7 +156,9 @@ def train(rows: list[dict], model_path: str, out_dir: str, settings: TrainSettin
     has_ckpt = any((tmp / "checkpoints").glob("checkpoint-*"))
     print(f"[train] {len(data)} rows, {len(data) // settings.batch_size or 1} steps/epoch, device {device}",
           file=sys.stderr)
+    t0 = time.time()
     trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    wall = time.time() - t0
 
     model = trainer.model
     if settings.lora_rank:
@@ -166,7 +169,7 @@ def train(rows: list[dict], model_path: str, out_dir: str, settings: TrainSettin
     log = [h for h in trainer.state.log_history if "loss" in h]
     write_jsonl(final / "train_log.jsonl", log)
     write_manifest(final, "train", fingerprint_settings, n_rows=len(data),
-                   steps=trainer.state.global_step, final_loss=log[-1]["loss"] if log else None,
+                   steps=trainer.state.global_step, wall_s=wall, final_loss=log[-1]["loss"] if log else None,
                    tuning_tokens=sum(sum(t != -100 for t in d["labels"]) for d in data))
     if out.exists():
         shutil.rmtree(out)

@@ -1,0 +1,101 @@
+"""The vLLM backend without a GPU: request -> SamplingParams, prompt ids, results, GPU checks.
+
+The checks against vLLM's own classes run where vllm is installed (CI installs it without its
+GPU stack) and skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from upft.generation import GenRequest, TransformersBackend, make_backend
+from upft.runio import UserError
+from upft.vllm_backend import VLLMBackend, gpu_groups, prompt_input, sampling_kwargs, to_result
+
+STOP = [2, 7]
+GREEDY = GenRequest("q1#0", (5, 6, 7, 8), max_new_tokens=64, seed=11)
+SAMPLED = GenRequest("q1#1", (5, 6), max_new_tokens=32, temperature=0.6, top_p=0.95, top_k=20, seed=12345)
+NEUTRAL = {"n": 1, "min_tokens": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+           "frequency_penalty": 0.0, "stop": [], "stop_token_ids": STOP, "ignore_eos": True,
+           "detokenize": True, "skip_special_tokens": False}
+
+
+def test_sampling_kwargs_greedy():
+    assert sampling_kwargs(GREEDY, STOP) == {**NEUTRAL, "seed": 11, "max_tokens": 64, "temperature": 0.0,
+                                             "top_p": 1.0, "top_k": 0}
+
+
+def test_sampling_kwargs_sampled():
+    assert sampling_kwargs(SAMPLED, STOP) == {**NEUTRAL, "seed": 12345, "max_tokens": 32, "temperature": 0.6,
+                                              "top_p": 0.95, "top_k": 20}
+
+
+def test_prompt_ids_pass_untouched():
+    assert prompt_input(GREEDY) == {"prompt_token_ids": [5, 6, 7, 8]}
+
+
+def test_stop_token_is_dropped_and_text_decoded_from_the_rest(tok):
+    ids = tok("The answer is 4.", add_special_tokens=False).input_ids
+    r = to_result("k", [*ids, 2], "stop", STOP, tok)
+    assert (r.key, r.token_ids, r.text, r.finish_reason) == ("k", ids, "The answer is 4.", "stop")
+    r = to_result("k", ids, "length", STOP, tok)
+    assert (r.token_ids, r.finish_reason) == (ids, "length")
+
+
+@pytest.mark.parametrize("ids, reason", [([5, 9], "stop"), ([], "stop"), ([5], "abort"), ([5], "repetition")])
+def test_unexpected_endings_are_errors(tok, ids, reason):
+    with pytest.raises(RuntimeError):
+        to_result("k", ids, reason, STOP, tok)
+
+
+def test_gpu_groups(monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_groups(2, 2) == ["0,1", "2,3"]
+    assert gpu_groups(1, 3) == ["0", "1", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6,7")
+    assert gpu_groups(2, 2) == ["3,5", "6,7"]
+
+
+def test_too_many_gpus_is_refused_before_loading(monkeypatch, model_path, tok):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"asked for 4 GPUs \(tensor_parallel 2 x data_parallel 2\) but only 2"):
+        make_backend("vllm", model_path, tok, STOP, device="cuda", batch_size=8, tensor_parallel_size=2,
+                     data_parallel_size=2)
+    with pytest.raises(UserError):
+        gpu_groups(0, 1)
+
+
+def test_make_backend_gives_each_backend_its_own_options(model_path, tok):
+    gen = make_backend("transformers", model_path, tok, STOP, device="cpu", batch_size=3,
+                       tensor_parallel_size=2, data_parallel_size=2, gpu_memory_utilization=0.5)
+    assert isinstance(gen, TransformersBackend) and gen.batch_size == 3
+    with pytest.raises(UserError, match="known: transformers, vllm"):
+        make_backend("sglang", model_path, tok, STOP)
+
+
+@pytest.mark.parametrize("req", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_vllm_sampling_params_keep_every_field(req):
+    vllm = pytest.importorskip("vllm")
+    p = vllm.SamplingParams(**sampling_kwargs(req, STOP))
+    sample = req.temperature > 0  # vLLM itself resets top_p/top_k when greedy
+    assert (p.seed, p.stop_token_ids, p.max_tokens, p.temperature, p.n) == (req.seed, STOP, req.max_new_tokens,
+                                                                            req.temperature, 1)
+    assert (p.top_p, p.top_k) == ((req.top_p, req.top_k) if sample else (1.0, 0))
+    assert (p.skip_special_tokens, p.ignore_eos, p.min_tokens, p.detokenize, p.stop) == (False, True, 0, True, [])
+    assert (p.repetition_penalty, p.presence_penalty, p.frequency_penalty, p.min_p) == (1.0, 0.0, 0.0, 0.0)
+    assert p.sampling_type.name == ("RANDOM_SEED" if sample else "GREEDY")
+
+
+def test_vllm_takes_prompt_ids_as_given():
+    pytest.importorskip("vllm")
+    from vllm.inputs import TokensPrompt
+    from vllm.renderers.inputs.preprocess import parse_dec_only_prompt
+    from vllm.renderers.params import TokenizeParams
+
+    prompt = prompt_input(GREEDY)
+    assert prompt == TokensPrompt(prompt_token_ids=list(GREEDY.prompt_ids))
+    # what the renderer does with a token prompt: no tokenizing, so no BOS, and no truncation
+    parsed = parse_dec_only_prompt(prompt)
+    params = TokenizeParams(max_total_tokens=2048, max_output_tokens=GREEDY.max_new_tokens)
+    assert params.apply_post_tokenization(None, parsed)["prompt_token_ids"] == [5, 6, 7, 8]

@@ -1,0 +1,193 @@
+"""One experiment config -> sample -> prep -> train -> eval, each stage skipped when done.
+
+  bash scripts/run_experiment.sh configs/demo/upft.yaml [--runs-dir runs]
+
+A config (YAML) names the model, the method (base, upft, sft, rft, label_filter), the training
+questions and one section per stage; ``defaults: other.yaml`` pulls in shared settings (the
+file's own keys win). Paths inside a config are relative to the working directory, like every
+path on our command lines.
+
+Each stage fingerprints the settings and inputs that produce its output and skips itself when
+its folder already holds that run; a changed setting reruns that stage and what depends on it
+(the folder's old run is replaced). Samples live in ``RUNS/samples-<fingerprint>`` so methods
+that share a sampling pool (RFT and Label Filter) decode it once. The run folder
+``RUNS/<name>`` holds prep/, model/, eval/ and ``run.json``, which the report reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from upft.evaluate import EvalSettings
+from upft.generation import BACKEND_OPTIONS
+from upft.runio import UserError, cli, fingerprint, write_json
+from upft.train import TrainSettings
+
+METHODS = ("base", "upft", "sft", "rft", "label_filter")
+TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "defaults",
+       "questions", "sample", "train", "eval"}
+QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit"}
+SAMPLE = {"n", "max_new_tokens", "temperature", "top_p", "top_k", "prompt_style", "backend", *BACKEND_OPTIONS}
+LOCAL_TRAIN = {f.name for f in dataclasses.fields(TrainSettings)} - {"seed"}
+OPENRLHF_TRAIN = {"gpus", "nnodes", "node_rank", "master_addr", "master_port", "epochs", "lr", "scheduler",
+                  "warmup_ratio", "batch_size", "micro_batch", "max_len", "zero_stage", "no_adam_offload", "attn",
+                  "no_gradient_checkpointing", "lora_rank", "lora_alpha", "tensorboard", "wandb_project"}
+EVAL = ({f.name for f in dataclasses.fields(EvalSettings)} - {"style", "max_new_tokens_by", "seed"}
+        | {"benchmarks", "data_dir", "prompt_style", "backend", "judge", "max_new_tokens_for", *BACKEND_OPTIONS})
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"config not found: {path}")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: a config is a mapping of keys to values")
+    if "defaults" in cfg:
+        cfg = _merge(_read_yaml(path.parent / cfg.pop("defaults")), cfg)
+    return cfg
+
+
+def _check_keys(path: Path, where: str, section: dict, known: set[str]) -> None:
+    if not isinstance(section, dict):
+        raise UserError(f"{path}: '{where}' must be a mapping")
+    for key in section:
+        if key not in known:
+            raise UserError(f"{path}: unknown key '{where + '.' if where else ''}{key}' "
+                            f"(known: {', '.join(sorted(known))})")
+
+
+def load_config(path: str) -> dict:
+    """Read, merge and validate a config; returns it with defaults filled in."""
+    p = Path(path)
+    cfg = _read_yaml(p)
+    _check_keys(p, "", cfg, TOP)
+    for key in ("model", "method", "eval"):
+        if key not in cfg:
+            raise UserError(f"{p}: missing required key '{key}'")
+    if cfg["method"] not in METHODS:
+        raise UserError(f"{p}: method must be one of {', '.join(METHODS)}, got '{cfg['method']}'")
+    cfg.setdefault("name", p.stem)
+    cfg.setdefault("seed", 0)
+    cfg.setdefault("L", 32)
+    cfg.setdefault("p", 0.1)
+    cfg.setdefault("suffix", True)
+    for key in ("questions", "sample", "train"):
+        cfg.setdefault(key, {})
+    if cfg["method"] != "base" and "source" not in cfg["questions"]:
+        raise UserError(f"{p}: missing required key 'questions.source'")
+    _check_keys(p, "questions", cfg["questions"], QUESTIONS)
+    if cfg["method"] in ("rft", "label_filter") and not cfg["questions"].get("answer_field"):
+        raise UserError(f"{p}: {cfg['method']} needs reference answers: set questions.answer_field")
+    _check_keys(p, "sample", cfg["sample"], SAMPLE)
+    trainer = cfg["train"].get("trainer", "local")
+    if trainer not in ("local", "openrlhf"):
+        raise UserError(f"{p}: train.trainer must be 'local' or 'openrlhf', got '{trainer}'")
+    _check_keys(p, "train", cfg["train"], (LOCAL_TRAIN if trainer == "local" else OPENRLHF_TRAIN) | {"trainer"})
+    _check_keys(p, "eval", cfg["eval"], EVAL)
+    if "benchmarks" not in cfg["eval"]:
+        raise UserError(f"{p}: missing required key 'eval.benchmarks'")
+    return cfg
+
+
+def default_label(cfg: dict) -> str:
+    m, L, n = cfg["method"], cfg["L"], cfg["sample"].get("n", 16)
+    return {"base": "base", "upft": f"UPFT (L={L})", "sft": "SFT", "rft": f"RFT (n={n})",
+            "label_filter": f"Label Filter (L={L})"}[m]
+
+
+def sample_settings(cfg: dict) -> dict:
+    """Arguments of run_sample for a method: UPFT decodes prefixes, the baselines full responses."""
+    method, s = cfg["method"], dict(cfg["sample"])
+    mode = "upft" if method == "upft" else "full"
+    n = s.pop("n", 16 if method in ("rft", "label_filter") else 1)
+    if method in ("upft", "sft") and n != 1:
+        raise UserError(f"{method} uses one sample per question; sample.n must be 1")
+    q = cfg["questions"]
+    return {"model": cfg["model"], "questions": q["source"],
+            **{k: v for k, v in q.items() if k != "source"}, "mode": mode, "n": n,
+            "L": cfg["L"], "p": cfg["p"] if mode == "upft" else 0.0, "seed": cfg["seed"], **s}
+
+
+def run(config: str, runs_dir: str = "runs") -> Path:
+    """Run one config through its stages; returns the run folder."""
+    from upft.stages import run_eval, run_prep, run_sample, run_train
+
+    cfg = load_config(config)
+    runs = Path(runs_dir)
+    run_dir = runs / cfg["name"]
+    stages: dict[str, str] = {}
+    model = cfg["model"]
+    if cfg["method"] != "base":
+        sargs = sample_settings(cfg)
+        samples = runs / f"samples-{fingerprint(sargs)[:12]}"
+        print(f"[experiment] {cfg['name']}: sample -> {samples}", file=sys.stderr)
+        run_sample(out=str(samples), force=True, **sargs)
+        prep = run_dir / "prep"
+        run_prep(str(samples), str(prep), method=cfg["method"], L=cfg["L"], p=cfg["p"], suffix=cfg["suffix"],
+                 seed=cfg["seed"], force=True)
+        model_dir = run_dir / "model"
+        _train(cfg, prep, model_dir)
+        stages.update(sample=f"../{samples.name}", prep="prep", train="model")
+        model = str(model_dir)
+    e = dict(cfg["eval"])
+    bench = e.pop("benchmarks")
+    common = {k: e.pop(k) for k in ("data_dir", "prompt_style", "backend", "judge", *BACKEND_OPTIONS) if k in e}
+    from upft.evaluate import parse_limits
+
+    limits = parse_limits([f"{k}={v}" for k, v in e.pop("max_new_tokens_for", {}).items()])
+    settings = EvalSettings(**e, max_new_tokens_by=limits)
+    label = cfg.get("label") or default_label(cfg)
+    run_eval(model, str(run_dir / "eval"), bench, settings, label=label, force=True, **common)
+    stages["eval"] = "eval"
+    write_json(run_dir / "run.json", {
+        "name": cfg["name"], "label": label, "method": cfg["method"], "seed": cfg["seed"],
+        "L": cfg["L"] if cfg["method"] in ("upft", "label_filter") else None,
+        "p": cfg["p"] if cfg["method"] in ("upft", "label_filter") else None,
+        "model": cfg["model"], "stages": stages, "config": cfg})
+    return run_dir
+
+
+def _train(cfg: dict, prep: Path, out: Path) -> None:
+    from upft.stages import run_train
+
+    t = dict(cfg["train"])
+    if t.pop("trainer", "local") == "local":
+        run_train(str(prep), cfg["model"], str(out), TrainSettings(**t, seed=cfg["seed"]), force=True)
+        return
+    from upft import launch
+
+    argv = ["--data", str(prep), "--model", cfg["model"], "--out", str(out), "--seed", str(cfg["seed"]), "--force"]
+    for key, value in t.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        else:
+            argv += [flag, str(value)]
+    launch.main(argv)
+
+
+def main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("configs", nargs="+", help="experiment YAML files, run in order")
+    ap.add_argument("--runs-dir", default="runs")
+    a = ap.parse_args(argv)
+    for path in a.configs:
+        load_config(path)  # all configs are checked before the first one runs
+    for path in a.configs:
+        print(f"[experiment] done: {run(path, a.runs_dir)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli(main)

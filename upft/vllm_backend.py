@@ -1,0 +1,192 @@
+"""The vLLM backend: the same GenRequest -> GenResult contract as TransformersBackend, on GPUs.
+
+Prompts go in as token ids (rendered once by upft.prompts, so no second BOS) and every
+SamplingParams field that shapes a draw is set here, so neither vLLM's defaults nor the
+model's generation_config.json pick one. Each request is one draw with its own seed.
+
+Each engine runs in its own worker process (spawned, CUDA_VISIBLE_DEVICES set before vLLM is
+imported): one per group of ``tensor_parallel_size`` GPUs, ``data_parallel_size`` groups, each
+taking a contiguous shard of the requests (draws of one prompt stay together for the prefix
+cache). Workers return results chunk by chunk, so callers can append them as they come.
+Written against vLLM 0.24.0.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+from upft.generation import GenRequest, GenResult
+from upft.runio import UserError
+
+
+def prompt_input(req: GenRequest) -> dict:
+    """The request's prompt as a vLLM ``TokensPrompt`` (a TypedDict): the ids, untouched."""
+    return {"prompt_token_ids": list(req.prompt_ids)}
+
+
+def sampling_kwargs(req: GenRequest, stop_ids: Sequence[int]) -> dict:
+    """Keyword arguments for ``vllm.SamplingParams``, every field that shapes a draw explicit."""
+    return {
+        "n": 1,  # one request per draw: each draw has its own seed
+        "seed": req.seed,
+        "max_tokens": req.max_new_tokens,
+        "min_tokens": 0,
+        "temperature": req.temperature,  # 0 = greedy (vLLM then resets top_p/top_k itself)
+        "top_p": req.top_p,
+        "top_k": req.top_k,  # 0 = off, in vLLM 0.24 as here
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "stop": [],
+        "stop_token_ids": list(stop_ids),
+        # stop on our ids only, as the transformers backend does: otherwise vLLM 0.24 also stops on
+        # the eos ids of the model's generation_config.json, even with generation_config="vllm"
+        "ignore_eos": True,
+        "detokenize": True,
+        "skip_special_tokens": False,
+    }
+
+
+def to_result(key: str, token_ids: Sequence[int], finish_reason: str, stop_ids: Sequence[int],
+              tokenizer) -> GenResult:
+    """Our GenResult from a vLLM completion.
+
+    vLLM keeps the stop token at the end of ``token_ids`` (it leaves it out of its text only),
+    so it is dropped here, and the text is decoded from the kept ids as the transformers
+    backend does.
+    """
+    tokens = list(token_ids)
+    if finish_reason == "stop":
+        if not tokens or tokens[-1] not in stop_ids:
+            raise RuntimeError(f"{key}: vLLM stopped on {tokens[-1:]}, not on a stop id {list(stop_ids)}")
+        tokens.pop()
+    elif finish_reason != "length":
+        raise RuntimeError(f"{key}: vLLM finished with '{finish_reason}'")
+    return GenResult(key, tokens, tokenizer.decode(tokens, skip_special_tokens=False), finish_reason)
+
+
+def gpu_groups(tensor_parallel_size: int, data_parallel_size: int) -> list[str]:
+    """CUDA_VISIBLE_DEVICES for each engine: consecutive groups of the GPUs visible here."""
+    import torch
+
+    tp, dp = tensor_parallel_size, data_parallel_size
+    if tp < 1 or dp < 1:
+        raise UserError(f"tensor and data parallel sizes must be at least 1, got {tp} and {dp}")
+    have = torch.cuda.device_count()
+    if tp * dp > have:
+        raise UserError(f"asked for {tp * dp} GPUs (tensor_parallel {tp} x data_parallel {dp}) "
+                        f"but only {have} are visible")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(have)]
+    return [",".join(ids[r * tp:(r + 1) * tp]) for r in range(dp)]
+
+
+def _serve(gpus: str, engine: dict, inbox, results) -> None:
+    """A worker: one engine on ``gpus``, running each shard it is sent chunk by chunk."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before vLLM (and CUDA) start in this process
+    os.setpgrp()  # so the parent can stop this worker and vLLM's own processes as one group
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(**engine)
+    results.put(("ready", None))
+    while (job := inbox.recv()) is not None:  # EOFError (and exit) if the parent is gone
+        chunk_size, items = job
+        for i in range(0, len(items), chunk_size):
+            part = items[i:i + chunk_size]
+            outs = llm.generate([p for _, p, _ in part], [SamplingParams(**s) for _, _, s in part],
+                                use_tqdm=False)
+            results.put(("chunk", [(key, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
+                                   for (key, _, _), o in zip(part, outs)]))
+        results.put(("done", None))
+
+
+class VLLMBackend:
+    """vLLM engines over ``tensor_parallel_size`` x ``data_parallel_size`` GPUs.
+
+    Per-request seeds make a sampled draw independent of which requests share its batch (up to
+    the batch-dependent numerics of GPU kernels).
+    """
+
+    def __init__(self, model_path: str, tokenizer, stop_ids: list[int], dtype: str = "bfloat16",
+                 tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 seed: int = 0, chunk_size: int = 4096):
+        groups = gpu_groups(tensor_parallel_size, data_parallel_size)
+        self.stop_ids = sorted(set(stop_ids))
+        self.tokenizer = tokenizer
+        self.chunk_size = chunk_size
+        engine = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
+                      tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
+                      gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                      enable_prefix_caching=True, trust_remote_code=False)
+        ctx = mp.get_context("spawn")
+        self.results = ctx.Queue()
+        self.workers = []
+        for gpus in groups:
+            inbox, outbox = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_serve, args=(gpus, engine, inbox, self.results))
+            proc.start()
+            self.workers.append((proc, outbox))
+        atexit.register(self.close)
+        for _ in groups:
+            self._receive()  # "ready", once the engine has loaded
+
+    def generate(self, requests: Iterable[GenRequest]) -> Iterator[list[GenResult]]:
+        items = [(r.key, prompt_input(r), sampling_kwargs(r, self.stop_ids)) for r in requests]
+        if not self.workers:
+            raise RuntimeError("this vLLM backend is closed")
+        n, total = len(self.workers), len(items)
+        for rank, (_, outbox) in enumerate(self.workers):
+            outbox.send((self.chunk_size, items[rank * total // n:(rank + 1) * total // n]))
+        busy, done, new_tokens, t0 = n, 0, 0, time.time()
+        try:
+            while busy:
+                kind, rows = self._receive()
+                if kind == "done":
+                    busy -= 1
+                    continue
+                results = [to_result(*row, self.stop_ids, self.tokenizer) for row in rows]
+                done += len(results)
+                new_tokens += sum(len(r.token_ids) for r in results)
+                elapsed = max(time.time() - t0, 1e-9)
+                print(f"[generate] {done}/{total} sequences, {new_tokens} new tokens, "
+                      f"{done / elapsed:.1f} prompts/s, {new_tokens / elapsed:.0f} tok/s",
+                      file=sys.stderr, flush=True)
+                yield results
+        finally:
+            if busy:  # stopped early (an error, or the caller gave up): the engines are mid-shard
+                self.close(wait=0)
+
+    def _receive(self) -> tuple:
+        """The next worker message; a worker that died (its traceback is on stderr) raises."""
+        while True:
+            try:
+                return self.results.get(timeout=5)
+            except queue.Empty:
+                dead = [p.exitcode for p, _ in self.workers if not p.is_alive()]
+                if dead:
+                    self.close(wait=0)
+                    raise RuntimeError(f"a vLLM worker exited (code {dead[0]}); see its log above")
+
+    def close(self, wait: float = 30.0) -> None:
+        """Stop the engines (also run at exit): ask each worker to finish, then stop what is left."""
+        for _, outbox in self.workers:
+            with contextlib.suppress(OSError):
+                outbox.send(None)
+        for proc, _ in self.workers:
+            proc.join(wait)
+            with contextlib.suppress(ProcessLookupError):  # the worker and vLLM's processes left
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.join(5)
+            if proc.is_alive():  # still starting, not yet in its own process group
+                proc.kill()
+        self.workers = []
