@@ -37,7 +37,7 @@ def test_config_runs_end_to_end_skips_when_done_and_reruns_only_what_changed(tmp
     runs = str(tmp_path / "runs")
     r = run_cli("upft/experiment.py", cfg, "--runs-dir", runs)
     assert r.returncode == 0, r.stderr
-    run = tmp_path / "runs" / "upft"
+    run = tmp_path / "runs" / "upft-s0"
     info = json.loads((run / "run.json").read_text())
     assert (info["method"], info["L"], info["p"], info["label"]) == ("upft", 4, 0.25, "UPFT (L=4)")
     samples = (run / info["stages"]["sample"]).resolve()
@@ -68,6 +68,14 @@ def test_config_runs_end_to_end_skips_when_done_and_reruns_only_what_changed(tmp
     assert again["prep/train.jsonl"] == before["prep/train.jsonl"]
     assert again["model/model.safetensors"] != after["model/model.safetensors"]
     assert again["eval/summary.json"] != after["eval/summary.json"]
+
+    # the report reads the run folder as the pipeline left it
+    r = run_cli("eval/report.py", runs, "--out", str(tmp_path / "report"), "--figs", str(tmp_path / "figs"))
+    assert r.returncode == 0, r.stderr
+    acc = json.loads((run / "eval" / "summary.json").read_text())["benchmarks"]["gsm8k"]["accuracy"]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| UPFT (L=4) |"))
+    assert row.split("|")[2].strip() == f"{acc:.1f}"
+    assert (tmp_path / "figs" / "accuracy_vs_tuning_tokens.png").stat().st_size > 0
 
 
 def test_shipped_configs_are_valid():

@@ -1,10 +1,10 @@
 """One experiment config -> sample -> prep -> train -> eval, each stage skipped when done.
 
-  bash scripts/run_experiment.sh configs/demo/upft.yaml [--runs-dir runs]
+  bash scripts/run_experiment.sh configs/demo/upft.yaml [--runs-dir runs] [--set seed=1 ...]
 
 A config (YAML) names the model, the method (base, upft, sft, rft, label_filter), the training
-questions and one section per stage; ``defaults: other.yaml`` pulls in shared settings (the
-file's own keys win). Paths inside a config are relative to the working directory, like every
+questions and one section per stage; ``defaults: other.yaml`` (or a list of files) pulls in
+shared settings, later files and then the file's own keys winning. Paths inside a config are relative to the working directory, like every
 path on our command lines.
 
 Each stage fingerprints the settings and inputs that produce its output and skips itself when
@@ -54,9 +54,11 @@ def _read_yaml(path: Path) -> dict:
     cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: a config is a mapping of keys to values")
-    if "defaults" in cfg:
-        cfg = _merge(_read_yaml(path.parent / cfg.pop("defaults")), cfg)
-    return cfg
+    parents = cfg.pop("defaults", [])
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:  # later files win, the file itself last
+        merged = _merge(merged, _read_yaml(path.parent / parent))
+    return _merge(merged, cfg)
 
 
 def _check_keys(path: Path, where: str, section: dict, known: set[str]) -> None:
@@ -68,18 +70,34 @@ def _check_keys(path: Path, where: str, section: dict, known: set[str]) -> None:
                             f"(known: {', '.join(sorted(known))})")
 
 
-def load_config(path: str) -> dict:
-    """Read, merge and validate a config; returns it with defaults filled in."""
+def _override(cfg: dict, item: str) -> None:
+    """Apply one ``--set section.key=value`` (the value read as YAML: numbers, lists, true)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set wants KEY=VALUE (e.g. eval.data_dir=../shared/data), got '{item}'")
+    *parents, last = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = yaml.safe_load(value)
+
+
+def load_config(path: str, overrides: list[str] = ()) -> dict:
+    """Read, merge, override and validate a config; returns it with defaults filled in."""
     p = Path(path)
     cfg = _read_yaml(p)
+    for item in overrides:
+        _override(cfg, item)
     _check_keys(p, "", cfg, TOP)
     for key in ("model", "method", "eval"):
         if key not in cfg:
             raise UserError(f"{p}: missing required key '{key}'")
     if cfg["method"] not in METHODS:
         raise UserError(f"{p}: method must be one of {', '.join(METHODS)}, got '{cfg['method']}'")
-    cfg.setdefault("name", p.stem)
     cfg.setdefault("seed", 0)
+    cfg.setdefault("name", f"{p.stem}-s{cfg['seed']}")  # seeds of one setting get their own folders
     cfg.setdefault("L", 32)
     cfg.setdefault("p", 0.1)
     cfg.setdefault("suffix", True)
@@ -120,11 +138,11 @@ def sample_settings(cfg: dict) -> dict:
             "L": cfg["L"], "p": cfg["p"] if mode == "upft" else 0.0, "seed": cfg["seed"], **s}
 
 
-def run(config: str, runs_dir: str = "runs") -> Path:
+def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:
     """Run one config through its stages; returns the run folder."""
     from upft.stages import run_eval, run_prep, run_sample, run_train
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides)
     runs = Path(runs_dir)
     run_dir = runs / cfg["name"]
     stages: dict[str, str] = {}
@@ -182,11 +200,13 @@ def main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="+", help="experiment YAML files, run in order")
     ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value in every config, e.g. --set seed=1 --set eval.data_dir=../shared/data")
     a = ap.parse_args(argv)
     for path in a.configs:
-        load_config(path)  # all configs are checked before the first one runs
+        load_config(path, a.set)  # all configs are checked before the first one runs
     for path in a.configs:
-        print(f"[experiment] done: {run(path, a.runs_dir)}", file=sys.stderr)
+        print(f"[experiment] done: {run(path, a.runs_dir, a.set)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ def aggregate(runs: list[Run], benchmarks: list[str]) -> dict:
             "avg": _spread([r.avg(benchmarks) for r in rs]),
             "train_len": _stat(rs, "mean_target_length"),
             "sampling_tokens": _stat(rs, "sampling_tokens"), "tuning_tokens": _stat(rs, "tuning_tokens"),
-            "sampling_gpu_min": _mean_of([r.sample_min for r in rs]),
-            "training_gpu_min": _mean_of([r.train_min for r in rs]),
+            "sampling_min": _mean_of([r.sample_min for r in rs]),
+            "training_min": _mean_of([r.train_min for r in rs]),
         })
     base = next((r for r in runs if r.method == "base"), None)
     return {"benchmarks": benchmarks, "settings": settings,
@@ -142,10 +142,12 @@ def _num(x: float | None) -> str:
 
 
 def _tokens(x: float | None) -> str:
-    """Paper style: 36.9M, 0.2M, 12.3K."""
+    """Paper style (36.9M, 0.20M, 12.3K), with a second decimal below 1M so 0.12M and 0.16M differ."""
     if x is None:
         return "-"
-    return f"{x / 1e6:.1f}M" if x >= 1e5 else f"{x / 1e3:.1f}K" if x >= 1e3 else f"{x:.0f}"
+    if x >= 1e5:
+        return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e6:.2f}M"
+    return f"{x / 1e3:.1f}K" if x >= 1e3 else f"{x:.0f}"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -162,17 +164,17 @@ def render_markdown(report: dict) -> str:
     if report["base_ci95"]:
         t1 += "\nbase 95% CI: " + ", ".join(f"{b} {ci[0]:.1f}-{ci[1]:.1f}" if ci else f"{b} -"
                                             for b, ci in report["base_ci95"].items()) + "\n"
-    t2 = _table(["setting", "avg", "sampling tokens", "tuning tokens", "sampling GPU min", "training GPU min",
+    t2 = _table(["setting", "avg", "sampling tokens", "tuning tokens", "sampling min", "training min",
                  "seeds"],
                 [[s["label"], _acc(s["avg"]), _tokens(s["sampling_tokens"]), _tokens(s["tuning_tokens"]),
-                  _num(s["sampling_gpu_min"]), _num(s["training_gpu_min"]), str(s["seeds"])] for s in ss])
+                  _num(s["sampling_min"]), _num(s["training_min"]), str(s["seeds"])] for s in ss])
     env = report["environment"]
     hw = env.get("hardware", {})
     device = (f"{hw['gpu']} x{hw.get('gpu_count', 1)}" if hw.get("gpu")
               else f"{hw.get('cpu') or 'unknown'} (CPU)")
     pkgs = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items()) or "unknown"
     return (f"## Table 1: accuracy (%), mean ± std over seeds\n\n{t1}\n"
-            f"## Table 2: cost (tokens and minutes: mean over seeds)\n\n{t2}\n"
+            f"## Table 2: cost (tokens, and wall minutes on the hardware below: mean over seeds)\n\n{t2}\n"
             f"Hardware: {device}; python {env.get('python', '?')}; packages: {pkgs} (first run's eval)\n")
 
 
