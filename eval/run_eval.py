@@ -23,7 +23,8 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--max-new-tokens-for", action="append", default=[], metavar="BENCH=N",
                     help="per-benchmark limit, e.g. gsm8k=512 (repeatable; others use --max-new-tokens)")
     ap.add_argument("--shuffle-seed", type=int, default=0, help="seed of the GPQA option order")
-    ap.add_argument("--judge", help="judge model for gpqa_open (the paper's protocol); without it, rule only")
+    ap.add_argument("--judge", help="judge model for gpqa_open (the paper's protocol); without it, rule only. "
+                    "With --backend vllm both engines share the GPUs: pass --gpu-memory-utilization 0.45")
     ap.add_argument("--label", help="name of this model in the results table")
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
