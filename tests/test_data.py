@@ -72,6 +72,10 @@ def test_shared_mirror_benchmarks():
     math = load_benchmark("math500", str(SHARED_DATA))
     assert len(math) == 500 and len({q.id for q in math}) == 500
     assert len(load_benchmark("aime24", str(SHARED_DATA))) == 30
+    gpqa = load_benchmark("gpqa_diamond", str(SHARED_DATA))
+    assert len(gpqa) == 198 and len({q.id for q in gpqa}) == 198
+    assert {q.answer for q in gpqa} == set("ABCD")  # the shuffle spreads the gold over the letters
+    assert len(load_benchmark("gpqa_open", str(SHARED_DATA))) == 198
 
 
 FIXTURE = str(REPO / "tests" / "fixtures" / "mirror")
@@ -107,3 +111,19 @@ def test_gpqa_bad_inputs(tmp_path):
         load_benchmark("gpqa_open")
     open_qs = load_benchmark("gpqa_open", FIXTURE)
     assert [q.answer for q in open_qs] == ["newton", "6"]
+
+
+def test_dev_split_is_fixed_disjoint_and_evaluable(tmp_path):
+    from conftest import run_cli
+
+    src = str(REPO / "data/demo/gsm8k/train.jsonl")
+    r = run_cli("data_prep/split_dev.py", "--questions", src, "--n-dev", "10", "--seed", "3", "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    run_cli("data_prep/split_dev.py", "--questions", src, "--n-dev", "10", "--seed", "3", "--out", str(tmp_path / "b"))
+    dev = load_benchmark("gsm8k", str(tmp_path / "a"))  # the dev split loads as the benchmark
+    train = load_questions(str(tmp_path / "a" / "train.jsonl"), answer_field="answer")
+    assert len(dev) == 10 and len(train) == 30
+    assert not {q.text for q in dev} & {q.text for q in train}
+    assert (tmp_path / "a" / "gsm8k" / "test.jsonl").read_text() == (tmp_path / "b" / "gsm8k" / "test.jsonl").read_text()
+    r = run_cli("data_prep/split_dev.py", "--questions", src, "--n-dev", "40", "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and r.stderr.startswith("error: --n-dev must be between 1 and 39")
