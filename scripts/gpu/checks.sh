@@ -11,9 +11,12 @@ cd "$(dirname "$0")/../.."
 N_TRAIN=${N_TRAIN:-2000}   # GSM8K train questions for the UPFT set
 EVAL="--data-dir $DATA --max-new-tokens 1024 --max-new-tokens-for gsm8k=512 --batch-size 2048"
 case "$1" in
-  eval-base)   # all four benchmarks, greedy, transformers backend, one batch per benchmark
-    python eval/run_eval.py --model "$MODEL" --benchmarks gsm8k,math500,aime24,gpqa_diamond $EVAL \
-      --label base --out "$RUNS/eval-base" ;;
+  eval-base)   # four benchmarks, greedy, transformers backend, one batch per benchmark; GPQA's long
+               # prompts need smaller batches on an 80 GB card after MATH-500's static cache
+    python eval/run_eval.py --model "$MODEL" --benchmarks gsm8k $EVAL --label base --out "$RUNS/eval-base-gsm8k"
+    python eval/run_eval.py --model "$MODEL" --benchmarks math500,aime24 $EVAL --label base --out "$RUNS/eval-base-math"
+    python eval/run_eval.py --model "$MODEL" --benchmarks gpqa_diamond $EVAL --batch-size 66 --label base \
+      --out "$RUNS/eval-base-gpqa" ;;
   sample-upft) # UPFT sampling: L=32 tokens for 90% of the questions, full (512) for p=10%
     python sample/generate.py --model "$MODEL" --questions "$DATA/gsm8k/train.jsonl" --answer-field answer \
       --limit "$N_TRAIN" --mode upft --L 32 --p 0.1 --max-new-tokens 512 --temperature 0.6 \
