@@ -13,7 +13,8 @@
 import argparse
 
 from upft.runio import cli
-from upft.stages import METHODS, run_prep
+from upft.builders import METHODS
+from upft.stages import run_prep
 
 
 def main(argv: list[str] | None) -> None:

@@ -79,6 +79,15 @@ def test_config_file_sets_options_and_flags_override(data, tmp_path):
         parse(["--data", str(data), "--model", "m"])
 
 
+def test_an_experiment_config_sets_the_launcher(data):
+    from conftest import REPO
+
+    cfg = str(REPO / "configs/qwen1.5b-gsm8k/upft-L32.yaml")  # train section via defaults:, trainer: openrlhf
+    f = flags(command(parse(["--config", cfg, "--data", str(data), "--model", "m", "--out", "o"])))
+    assert (f["--ds.zero_stage"], f["--train.micro_batch_size"], f["--data.max_len"]) == ("2", "8", "1024")
+    assert f["--ds.attn_implementation"] == "sdpa" and "--ds.adam_offload" not in f
+
+
 def test_loss_curve_is_read_from_tensorboard_events(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

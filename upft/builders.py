@@ -19,6 +19,8 @@ from upft.prompts import UPFT_SUFFIX, render
 from upft.runio import UserError
 from upft.sampling import choose_full
 
+METHODS = ("upft", "sft", "rft", "label_filter")  # training-set builders
+
 
 def cut_prefix(tokenizer, msgs: list[dict], prompt_ids: list[int], ids: list[int], L: int, eot_id: int) -> list[int]:
     """The longest cut of at most L sampled ids that OpenRLHF will re-tokenise to the same ids.

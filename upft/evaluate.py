@@ -39,15 +39,18 @@ class EvalSettings:
         return self.max_new_tokens_by.get(benchmark, self.max_new_tokens)
 
 
+def check_limits(limits: dict) -> dict[str, int]:
+    """Per-benchmark max-new-tokens, each a known benchmark and a positive integer."""
+    for name, n in limits.items():
+        if name not in BENCHMARKS or not str(n).isdigit() or int(n) <= 0:
+            raise UserError(f"bad per-benchmark limit '{name}={n}' (want BENCH=N with BENCH one of "
+                            f"{', '.join(BENCHMARKS)})")
+    return {name: int(n) for name, n in limits.items()}
+
+
 def parse_limits(items: list[str]) -> dict[str, int]:
-    """``["gsm8k=512", "math500=1024"]`` -> per-benchmark max-new-tokens."""
-    out = {}
-    for item in items:
-        name, _, n = item.partition("=")
-        if name not in BENCHMARKS or not n.isdigit() or int(n) <= 0:
-            raise UserError(f"bad per-benchmark limit '{item}' (want BENCH=N with BENCH one of {', '.join(BENCHMARKS)})")
-        out[name] = int(n)
-    return out
+    """``["gsm8k=512", "math500=1024"]`` (the --max-new-tokens-for flags) -> per-benchmark limits."""
+    return check_limits(dict(item.partition("=")[::2] for item in items))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -21,12 +21,13 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from upft.evaluate import EvalSettings
+from upft import builders
+from upft.evaluate import EvalSettings, check_limits
 from upft.generation import BACKEND_OPTIONS
-from upft.runio import UserError, cli, fingerprint, write_json
+from upft.runio import UserError, cli, fingerprint, read_config, write_json
 from upft.train import TrainSettings
 
-METHODS = ("base", "upft", "sft", "rft", "label_filter")
+METHODS = ("base", *builders.METHODS)  # "base": evaluate the model as it is
 TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "defaults",
        "questions", "sample", "train", "eval"}
 QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit"}
@@ -37,28 +38,6 @@ OPENRLHF_TRAIN = {"gpus", "nnodes", "node_rank", "master_addr", "master_port", "
                   "no_gradient_checkpointing", "lora_rank", "lora_alpha", "tensorboard", "wandb_project"}
 EVAL = ({f.name for f in dataclasses.fields(EvalSettings)} - {"style", "max_new_tokens_by", "seed"}
         | {"benchmarks", "data_dir", "prompt_style", "backend", "judge", "max_new_tokens_for", *BACKEND_OPTIONS})
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    if not path.is_file():
-        raise UserError(f"config not found: {path}")
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: a config is a mapping of keys to values")
-    parents = cfg.pop("defaults", [])
-    merged: dict = {}
-    for parent in [parents] if isinstance(parents, str) else parents:  # later files win, the file itself last
-        merged = _merge(merged, _read_yaml(path.parent / parent))
-    return _merge(merged, cfg)
 
 
 def _check_keys(path: Path, where: str, section: dict, known: set[str]) -> None:
@@ -87,7 +66,7 @@ def _override(cfg: dict, item: str) -> None:
 def load_config(path: str, overrides: list[str] = ()) -> dict:
     """Read, merge, override and validate a config; returns it with defaults filled in."""
     p = Path(path)
-    cfg = _read_yaml(p)
+    cfg = read_config(p)
     for item in overrides:
         _override(cfg, item)
     _check_keys(p, "", cfg, TOP)
@@ -162,9 +141,7 @@ def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:
     e = dict(cfg["eval"])
     bench = e.pop("benchmarks")
     common = {k: e.pop(k) for k in ("data_dir", "prompt_style", "backend", "judge", *BACKEND_OPTIONS) if k in e}
-    from upft.evaluate import parse_limits
-
-    limits = parse_limits([f"{k}={v}" for k, v in e.pop("max_new_tokens_for", {}).items()])
+    limits = check_limits(e.pop("max_new_tokens_for", {}))
     settings = EvalSettings(**e, max_new_tokens_by=limits)
     label = cfg.get("label") or default_label(cfg)
     run_eval(model, str(run_dir / "eval"), bench, settings, label=label, force=True, **common)

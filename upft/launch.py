@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from upft.runio import UserError, begin_stage, cli, read_jsonl, sha256_file, write_jsonl, write_manifest
+from upft.runio import (UserError, begin_stage, cli, read_config, read_jsonl, sha256_file, write_jsonl,
+                        write_manifest)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -71,12 +72,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def config_defaults(path: str, ap: argparse.ArgumentParser) -> dict:
     """Option defaults from a YAML file; an unknown key is an error, not silently ignored."""
-    import yaml
-
-    if not Path(path).is_file():
-        raise UserError(f"config not found: {path}")
-    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    cfg = cfg.get("train", cfg)
+    cfg = read_config(path)
+    cfg = dict(cfg.get("train", cfg))
+    if cfg.pop("trainer", "openrlhf") != "openrlhf":  # an experiment config's train section names its trainer
+        raise UserError(f"{path}: train.trainer is not 'openrlhf'; use scripts/run_experiment.sh for the local trainer")
     known = {a.dest for a in ap._actions} - {"help", "config", "extra", "dry_run"}
     out = {}
     for key, value in cfg.items():

@@ -16,9 +16,9 @@ from statistics import mean, stdev
 
 from matplotlib.figure import Figure
 
+from upft.experiment import METHODS
 from upft.runio import UserError, read_json, write_json, write_text
 
-METHODS = ("base", "upft", "sft", "rft", "label_filter")
 STYLE = {"upft": ("o", "tab:red"), "sft": ("s", "tab:blue"), "rft": ("^", "tab:green"),
          "label_filter": ("D", "tab:purple")}
 

@@ -144,6 +144,30 @@ def environment() -> dict:
     return {"python": platform.python_version(), "packages": pkgs, "hardware": hw}
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config(path: str | Path) -> dict:
+    """A YAML config; ``defaults: file`` (or a list) merges shared files first, the file's own keys last."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config not found: {path}")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: a config is a mapping of keys to values")
+    parents = cfg.pop("defaults", [])
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = _merge(merged, read_config(path.parent / parent))
+    return _merge(merged, cfg)
+
+
 def begin_stage(out_dir: str | Path, settings: dict, outputs: list[str], force: bool = False) -> bool:
     """Prepare ``out_dir`` for a stage run; True when it already holds this exact run.
 

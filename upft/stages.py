@@ -85,9 +85,6 @@ def run_sample(model: str, questions: str, out: str, *, question_field: str = "q
     return outdir
 
 
-METHODS = ("upft", "sft", "rft", "label_filter")
-
-
 def grade_samples(samples: list[dict]) -> list[bool]:
     """Correctness of each sample against its question's reference answer (math-verify)."""
     with Grader() as grader:
@@ -101,8 +98,8 @@ def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, p: fl
     ``p`` and ``seed`` matter to Label Filter (its full fraction) and RFT (which correct sample);
     UPFT's full fraction was already drawn at sampling time.
     """
-    if method not in METHODS:
-        raise UserError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
+    if method not in builders.METHODS:
+        raise UserError(f"unknown method '{method}' (known: {', '.join(builders.METHODS)})")
     spath, rows = _stage_input(samples, "samples.jsonl")
     if method in ("rft", "label_filter") and any(s.get("answer") is None for s in rows):
         raise UserError(f"{method} needs reference answers: sample with --answer-field set")
