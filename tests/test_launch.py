@@ -28,9 +28,12 @@ def flags(cmd: list[str]) -> dict[str, str | None]:
     return out
 
 
-def test_single_node_defaults_are_the_papers(data):
+def test_single_node_defaults_are_the_papers(data, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     cmd = command(parse(["--data", str(data.parent), "--model", "m", "--out", "o", "--gpus", "8"]))
-    assert cmd[:4] == ["deepspeed", "--num_gpus=8", "--master_port=29500", "--module"]
+    # our wrapper of openrlhf.cli.train_sft, with the authors' per-sample loss by default
+    assert cmd[:7] == ["deepspeed", "--num_gpus=8", "--master_port=29500", "--module", "upft.openrlhf_sft",
+                       "--upft.loss_avg", "sample"]
     f = flags(cmd)
     assert f["--data.dataset"] == str(data.resolve())
     assert (f["--data.input_key"], f["--data.output_key"]) == ("prompt", "response")
@@ -38,7 +41,19 @@ def test_single_node_defaults_are_the_papers(data):
     assert (f["--adam.lr"], f["--lr_scheduler"], f["--lr_warmup_ratio"]) == ("1e-06", "constant_with_warmup", "0.03")
     assert (f["--train.batch_size"], f["--train.micro_batch_size"], f["--ds.zero_stage"]) == ("64", "1", "3")
     assert "--ds.adam_offload" in f and "--model.gradient_checkpointing_enable" in f
-    assert f["--ds.param_dtype"] == "bf16" and f["--ckpt.output_dir"] == "o"
+    # OpenRLHF writes to o.tmp; it becomes o only after the model check
+    assert f["--ds.param_dtype"] == "bf16" and f["--ckpt.output_dir"] == "o.tmp"
+    assert f["--train.seed"] == "0"
+
+
+def test_loss_weighting_and_pinned_gpus(data, monkeypatch):
+    """deepspeed ignores CUDA_VISIBLE_DEVICES when given --num_gpus (two pinned runs would share GPU 0)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    cmd = command(parse(["--data", str(data), "--model", "m", "--out", "o", "--gpus", "1", "--loss-avg", "token"]))
+    assert cmd[1] == "--include=localhost:2" and "--num_gpus=1" not in cmd
+    assert flags(cmd)["--upft.loss_avg"] == "token"
+    with pytest.raises(SystemExit):
+        parse(["--data", str(data), "--model", "m", "--out", "o", "--loss-avg", "mean"])
 
 
 def test_multi_node_uses_torchrun_and_options_map(data):
@@ -71,7 +86,7 @@ def test_config_file_sets_options_and_flags_override(data, tmp_path):
     f = flags(cmd)
     assert (f["--adam.lr"], f["--train.max_epochs"], f["--ds.zero_stage"], f["--train.batch_size"]) == \
         ("2e-06", "2", "2", "16")
-    assert f["--logger.tensorboard_dir"] == "o/tensorboard"
+    assert f["--logger.tensorboard_dir"] == "o.tmp/tensorboard"
     cfg.write_text("train:\n  learning_rate: 1e-6\n")
     with pytest.raises(UserError, match="unknown training option 'learning_rate'"):
         parse(["--config", str(cfg), "--data", str(data), "--model", "m", "--out", "o"])

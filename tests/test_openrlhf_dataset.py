@@ -3,6 +3,7 @@ exactly our prefix ids + end-of-turn (prefix rows) and the whole response + end-
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -39,3 +40,73 @@ def test_loss_tokens_are_exactly_ours(tok, L):
     kinds = [r["kind"] for r in rows]
     assert kinds == ["full", "prefix", "prefix"]
     assert rows[0]["target_ids"] == samples[0]["response_ids"] + [eot]
+
+
+@pytest.fixture
+def openrlhf_sft(monkeypatch):
+    """OpenRLHF's SFT trainer module with our guards installed; restored afterwards.
+
+    openrlhf.models imports flash_attn, which has no CPU build: the test-only stand-in is used.
+    """
+    import torch
+
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "gpu" / "stubs"))
+    sft_trainer = pytest.importorskip("openrlhf.trainer.sft_trainer")
+    monkeypatch.setattr(sft_trainer, "SFTLoss", sft_trainer.SFTLoss)
+    monkeypatch.setattr(sft_trainer.SFTTrainer, "save_logs_and_checkpoints",
+                        sft_trainer.SFTTrainer.save_logs_and_checkpoints)
+    cudnn = torch.backends.cuda.cudnn_sdp_enabled()
+    yield sft_trainer
+    torch.backends.cuda.enable_cudnn_sdp(cudnn)
+
+
+@pytest.mark.parametrize("loss_avg", ["sample", "token"])
+def test_openrlhf_loss_weighting_is_ours(tok, model_path, openrlhf_sft, loss_avg):
+    """Our rows -> OpenRLHF's SFTDataset and collate -> the real model -> OpenRLHF's SFTLoss and its
+    optimizer-step normalisers, as its trainer calls them (two micro-batches of one step, DeepSpeed's
+    1/accumulation). 'sample' must give the mean of the rows' mean NLLs, 'token' the mean over tokens."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from openrlhf.models.utils import log_probs_from_logits
+    from openrlhf.utils.loss_utils import _optimizer_step_loss_norm
+    from upft.openrlhf_sft import install
+
+    install(loss_avg)
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    eot = end_of_turn_id(tok)
+    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(RESPONSES)]
+    rows, _ = build_upft(samples, tok, eot, 4)
+    data = SimpleNamespace(input_key="prompt", output_key="response", apply_chat_template=True,
+                           tokenizer_chat_template=None)
+    ds = openrlhf_datasets.SFTDataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]}
+                                                         for r in rows]),
+                                      tok, 512, SimpleNamespace(args=SimpleNamespace(data=data)),
+                                      input_template=None, num_processors=1)
+    micro_batches = [ds.collate_fn([ds[0], ds[1]]), ds.collate_fn([ds[2]])]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    loss_fn = openrlhf_sft.SFTLoss()
+    info = _optimizer_step_loss_norm([b[2].squeeze(1)[:, :-1] for b in micro_batches], None, 1, gas=2)
+    total, nll_rows = 0.0, []
+    with torch.no_grad():
+        for ids, attn, mask in micro_batches:
+            ids, attn, mask = ids.squeeze(1), attn.squeeze(1), mask.squeeze(1)
+            logp = log_probs_from_logits(model(ids, attention_mask=attn).logits[:, :-1], ids[:, 1:])
+            total += loss_fn(logp, mask[:, :-1], **info).item() / 2  # DeepSpeed scales by 1/accumulation
+            nll_rows += [-logp[i][mask[i, :-1].bool()] for i in range(len(ids))]
+    per_row = sum(x.mean().item() for x in nll_rows) / len(nll_rows)
+    per_token = sum(x.sum().item() for x in nll_rows) / sum(len(x) for x in nll_rows)
+    assert [len(x) for x in nll_rows] == [len(r["target_ids"]) for r in rows]
+    assert math.isclose(total, per_row if loss_avg == "sample" else per_token, rel_tol=1e-5)
+    assert not math.isclose(per_row, per_token, rel_tol=1e-2)  # the two weightings really differ here
+
+
+def test_openrlhf_stops_on_a_non_finite_step(openrlhf_sft):
+    from upft.openrlhf_sft import install
+
+    install("sample")
+    with pytest.raises(SystemExit, match="error: training diverged at optimizer step 7 \\(grad_norm nan\\)"):
+        openrlhf_sft.SFTTrainer.save_logs_and_checkpoints(None, None, 7, None, {"gpt_loss": 0.5, "grad_norm": float("nan")})

@@ -9,10 +9,17 @@ template can never be used by accident.
   python -m upft.launch --data R/prep --model R/base-hf --out R/model-openrlhf --gpus 8 [--dry-run]
   python -m upft.launch --config configs/x.yaml --data R/prep --model M --out R/model   (flags override the file)
 
-The run is recorded like our other stages: OUT/manifest.json (settings fingerprint, wall time),
-OUT/openrlhf.log (its console output) and OUT/train_log.jsonl (the loss curve, read from the
-TensorBoard events OpenRLHF writes under OUT/tensorboard). A folder holding a different run is
-refused; the same finished run is skipped.
+OpenRLHF runs through ``upft.openrlhf_sft``, which sets the loss weighting (``--loss-avg``:
+``sample``, the authors' per-row mean, by default; ``token`` is OpenRLHF's own default), turns
+off cuDNN attention (NaN gradients on padded batches, see ``upft.train``) and stops on a
+non-finite loss or gradient norm. The model is written to OUT.tmp and becomes OUT only after
+``upft.health.check_model`` passes (finite weights, non-degenerate greedy answers).
+
+The run is recorded like our other stages: OUT/manifest.json (settings fingerprint, wall time,
+the model check), OUT/openrlhf.log (its console output) and OUT/train_log.jsonl (the loss
+curve, read from the TensorBoard events OpenRLHF writes under OUT/tensorboard). A folder
+holding a different run is refused; the same finished run is skipped. A failed run leaves no
+OUT, only its log in OUT.failed.log.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from upft.runio import (UserError, begin_stage, cli, read_config, read_jsonl, sha256_file, write_jsonl,
-                        write_manifest)
+from upft.runio import (UserError, abandon_stage, begin_stage, cli, read_config, read_jsonl, sha256_file,
+                        write_jsonl, write_manifest)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +56,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=64, help="global batch")
     ap.add_argument("--micro-batch", type=int, default=1, help="per GPU")
     ap.add_argument("--max-len", type=int, default=4096)
+    ap.add_argument("--loss-avg", default="sample", choices=("sample", "token"),
+                    help="sample: each row's mean NLL averaged over rows (the authors' weighting); "
+                         "token: mean over all target tokens of the step (OpenRLHF's default)")
     ap.add_argument("--zero-stage", type=int, default=3)
     ap.add_argument("--no-adam-offload", action="store_true")
     ap.add_argument("--attn", default="flash_attention_2", help="flash_attention_2, sdpa or eager")
@@ -56,7 +67,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lora-alpha", type=int, default=16)
     ap.add_argument("--tensorboard", help="TensorBoard log folder (default: OUT/tensorboard)")
     ap.add_argument("--wandb-project", help="log to wandb (needs WANDB_API_KEY)")
-    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     ap.add_argument("--force", action="store_true", help="replace a different run in --out")
     ap.add_argument("extra", nargs="*", help="further OpenRLHF flags, after --")
@@ -114,9 +125,13 @@ def command(a: argparse.Namespace) -> list[str]:
         launcher = ["torchrun", f"--nproc_per_node={a.gpus}", f"--nnodes={a.nnodes}", f"--node_rank={a.node_rank}",
                     f"--master_addr={a.master_addr}", f"--master_port={a.master_port}", "-m"]
     else:
-        launcher = ["deepspeed", f"--num_gpus={a.gpus}", f"--master_port={a.master_port}", "--module"]
+        # deepspeed ignores CUDA_VISIBLE_DEVICES once --num_gpus is given and takes GPUs 0..N-1,
+        # so two runs pinned to different GPUs would share GPU 0; name the visible ones instead
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        where = f"--include=localhost:{','.join(visible[:a.gpus])}" if visible else f"--num_gpus={a.gpus}"
+        launcher = ["deepspeed", where, f"--master_port={a.master_port}", "--module"]
     cmd = launcher + [
-        "openrlhf.cli.train_sft",
+        "upft.openrlhf_sft", "--upft.loss_avg", a.loss_avg,
         "--model.model_name_or_path", a.model,
         "--data.dataset", str(data.resolve()),
         "--data.input_key", "prompt", "--data.output_key", "response", "--data.apply_chat_template",
@@ -125,7 +140,7 @@ def command(a: argparse.Namespace) -> list[str]:
         "--train.micro_batch_size", str(a.micro_batch), "--train.seed", str(a.seed),
         "--adam.lr", str(a.lr), "--lr_scheduler", a.scheduler, "--lr_warmup_ratio", str(a.warmup_ratio),
         "--ds.zero_stage", str(a.zero_stage), "--ds.param_dtype", "bf16", "--ds.attn_implementation", a.attn,
-        "--ckpt.output_dir", a.out, "--ckpt.save_steps", "-1", "--logger.logging_steps", "1",
+        "--ckpt.output_dir", staging_dir(a), "--ckpt.save_steps", "-1", "--logger.logging_steps", "1",
     ]
     if not a.no_adam_offload:
         cmd.append("--ds.adam_offload")
@@ -140,8 +155,13 @@ def command(a: argparse.Namespace) -> list[str]:
     return cmd + a.extra
 
 
+def staging_dir(a: argparse.Namespace) -> str:
+    """Where OpenRLHF writes; renamed to --out once the model passes its check."""
+    return f"{a.out}.tmp"
+
+
 def tensorboard_dir(a: argparse.Namespace) -> str:
-    return a.tensorboard or str(Path(a.out) / "tensorboard")
+    return a.tensorboard or str(Path(staging_dir(a)) / "tensorboard")
 
 
 def check_gpus(wanted: int) -> None:
@@ -167,6 +187,31 @@ def loss_curve(tb_dir: str) -> list[dict]:
     return [points[k] for k in sorted(points)]
 
 
+def accept_model(path: Path) -> dict:
+    """Load the saved model (on a GPU when there is one) and run the health check on it."""
+    from upft.health import check_model
+    from upft.models import load_model, load_tokenizer
+
+    return check_model(load_model(str(path)), load_tokenizer(str(path)))
+
+
+def run(cmd: list[str], log: Path) -> None:
+    """Run OpenRLHF, teeing its output: the user sees progress, the folder keeps the log."""
+    try:
+        with log.open("w", encoding="utf-8") as f:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                f.write(line)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]} not found: install the GPU requirements (requirements-gpu.txt)") from None
+    if proc.wait() != 0:
+        # our guards in upft.openrlhf_sft say why in an "error: " line (a launcher may prefix the rank)
+        errors = [ln.split("error: ", 1)[1].strip() for ln in log.read_text(encoding="utf-8").splitlines()
+                  if "error: " in ln]
+        raise UserError(errors[0] if errors else f"OpenRLHF exited with status {proc.returncode}")
+
+
 def main(argv: list[str] | None) -> None:
     a = parse(argv)
     from upft.models import resolve_model
@@ -179,25 +224,32 @@ def main(argv: list[str] | None) -> None:
         return
     check_gpus(a.gpus)
     settings = {"command": [c for c in cmd if c != key], "data_sha256": sha256_file(data_file(a))}
-    if a.node_rank == 0 and begin_stage(a.out, settings, ["config.json"], a.force):
-        print(f"[skip] {a.out} already holds this run", file=sys.stderr)
+    out, tmp = Path(a.out), Path(staging_dir(a))
+    if a.node_rank == 0 and begin_stage(out, settings, ["config.json"], a.force):
+        print(f"[skip] {out} already holds this run", file=sys.stderr)
         return
+    shutil.rmtree(tmp, ignore_errors=True)  # OpenRLHF cannot resume a half-written model
+    tmp.mkdir(parents=True)
     t0 = time.time()
-    log = Path(a.out) / "openrlhf.log"
     try:
-        with log.open("w", encoding="utf-8") as f:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for line in proc.stdout:  # tee: the user sees progress, the folder keeps the log
-                sys.stdout.write(line)
-                f.write(line)
-    except FileNotFoundError:
-        raise UserError(f"{cmd[0]} not found: install the GPU requirements (requirements-gpu.txt)") from None
-    if proc.wait() != 0:
-        raise UserError(f"OpenRLHF exited with status {proc.returncode}; see {log}")
-    if a.node_rank == 0:
+        run(cmd, tmp / "openrlhf.log")
+        if a.node_rank != 0:
+            return
+        wall = time.time() - t0
         curve = loss_curve(tensorboard_dir(a))
-        write_jsonl(Path(a.out) / "train_log.jsonl", curve)
-        write_manifest(a.out, "train-openrlhf", settings, wall_s=time.time() - t0, steps=len(curve))
+        health = accept_model(tmp)
+    except UserError as e:
+        failed = Path(f"{out}.failed.log")
+        if (tmp / "openrlhf.log").exists():
+            shutil.move(tmp / "openrlhf.log", failed)
+        shutil.rmtree(tmp, ignore_errors=True)
+        abandon_stage(out)
+        raise UserError(f"{e} (OpenRLHF's log: {failed})") from None
+    write_jsonl(tmp / "train_log.jsonl", curve)
+    write_manifest(tmp, "train-openrlhf", settings, wall_s=wall, steps=len(curve), loss_avg=a.loss_avg,
+                   nonfinite_steps=0, model_check=health)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

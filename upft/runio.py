@@ -196,6 +196,15 @@ def begin_stage(out_dir: str | Path, settings: dict, outputs: list[str], force: 
     return False
 
 
+def abandon_stage(out_dir: str | Path) -> None:
+    """Undo ``begin_stage`` after a refused run: a folder holding only its marker is removed,
+    so a failed stage leaves nothing that looks like output and never blocks the rerun."""
+    out_dir = Path(out_dir)
+    (out_dir / RUNNING).unlink(missing_ok=True)
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
 def write_manifest(out_dir: str | Path, stage: str, settings: dict, **extra: Any) -> None:
     write_json(
         Path(out_dir) / MANIFEST,

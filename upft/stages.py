@@ -20,7 +20,7 @@ from upft.grading import Grader
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model
 from upft.prompts import style_for
-from upft.runio import (UserError, read_json, read_jsonl, sha256_file, begin_stage, write_json,
+from upft.runio import (UserError, abandon_stage, read_json, read_jsonl, sha256_file, begin_stage, write_json,
                         write_jsonl, write_manifest)
 from upft.sampling import sample
 from upft.train import TrainSettings, train
@@ -147,7 +147,11 @@ def run_train(data: str, model: str, out: str, settings: TrainSettings, force: b
     outdir = Path(out)
     if _skip(outdir, fp, ["config.json"], force):
         return outdir
-    train(rows, model_path, out, settings, fp)
+    try:
+        train(rows, model_path, out, settings, fp)
+    except UserError:
+        abandon_stage(outdir)
+        raise
     return outdir
 
 

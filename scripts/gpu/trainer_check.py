@@ -1,0 +1,102 @@
+"""Collect the runs of scripts/gpu/trainer_check.sh into results/gpu/trainer_check.json.
+
+  python scripts/gpu/trainer_check.py RUNS results/gpu/trainer_check.json
+
+Fails (exit 2) unless every run trained with finite losses, passed the model check and was
+evaluated: the file is the proof that both trainers train, not a table of whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from statistics import mean
+
+from upft.runio import UserError, cli, read_json, read_jsonl, write_json
+
+# run folder -> (trainer, method, micro-batch)
+RUNS = {
+    "local-upft-mb8": ("local", "upft", 8),
+    "local-sft-mb8": ("local", "sft", 8),
+    "openrlhf-upft": ("openrlhf", "upft", 8),
+    "openrlhf-sft": ("openrlhf", "sft", 8),
+    "local-upft-mb1": ("local", "upft", 1),
+}
+
+
+def curve(model_dir: Path, trainer: str) -> list[float]:
+    """The training loss per optimizer step: the local trainer logs it as 'loss'; OpenRLHF's
+    'loss_mean' is the mean of its micro-batch losses over the step (the same quantity)."""
+    key = "loss" if trainer == "local" else "loss_mean"
+    return [row[key] for row in read_jsonl(model_dir / "train_log.jsonl") if key in row]
+
+
+def gsm8k(runs: Path, name: str) -> dict:
+    path = runs / f"eval-{name}" / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run scripts/gpu/trainer_check.sh to the end")
+    return read_json(path)["benchmarks"]["gsm8k"]
+
+
+def run_entry(runs: Path, name: str) -> dict:
+    trainer, method, micro = RUNS[name]
+    model = runs / name
+    man = read_json(model / "manifest.json")
+    losses = curve(model, trainer)
+    nonfinite = sum(not math.isfinite(x) for x in losses)
+    if not losses or nonfinite or not man.get("model_check", {}).get("passed"):
+        raise UserError(f"{name}: no finite loss curve or no passing model check")
+    ev = gsm8k(runs, name)
+    settings = man["settings"]
+    if trainer == "local":
+        lr, loss_avg = settings["lr"], settings["loss_avg"]
+    else:
+        cmd = settings["command"]
+        lr, loss_avg = float(cmd[cmd.index("--adam.lr") + 1]), cmd[cmd.index("--upft.loss_avg") + 1]
+    return {"name": name, "trainer": trainer, "method": method, "lr": lr, "micro_batch": micro,
+            "loss_avg": loss_avg, "gsm8k": ev["accuracy"], "gsm8k_ci95": ev["ci95"],
+            "mean_length": ev["mean_length"], "truncated_frac": ev["truncated_frac"],
+            "nonfinite_steps": nonfinite, "optimizer_steps": len(losses), "train_wall_s": man.get("wall_s"),
+            "loss_curve": losses, "probe_answers": man["model_check"]["answers"]}
+
+
+def main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs")
+    ap.add_argument("out")
+    a = ap.parse_args(argv)
+    runs = Path(a.runs)
+    base = gsm8k(runs, "base")
+    entries = [run_entry(runs, name) for name in RUNS if (runs / name / "manifest.json").is_file()]
+    missing = [n for n in list(RUNS)[:4] if n not in {e["name"] for e in entries}]
+    if missing:
+        raise UserError(f"runs missing: {', '.join(missing)}")
+    by = {e["name"]: e for e in entries}
+    out = {
+        "device": read_json(runs / "eval-base" / "summary.json")["environment"],
+        "commands": ["MODEL=/root/qwen2.5-coder-1.5b-instruct.gguf DATA=../shared/data RUNS=/root/runs "
+                     "bash scripts/gpu/trainer_check.sh start",
+                     f"python scripts/gpu/trainer_check.py RUNS {a.out}"],
+        "settings": {"model": "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF dequantised to bf16)",
+                     "questions": "GSM8K train, first 2000", "upft": "L=32, p=0.1, T=0.6", "lr": entries[0]["lr"],
+                     "epochs": 1, "batch_size": 64, "eval": "GSM8K test (1319), greedy, 512 new tokens"},
+        "base": {"gsm8k": base["accuracy"], "gsm8k_ci95": base["ci95"], "mean_length": base["mean_length"]},
+        "runs": entries,
+    }
+    if "local-upft-mb1" in by:
+        a8, a1 = by["local-upft-mb8"]["loss_curve"], by["local-upft-mb1"]["loss_curve"]
+        diffs = [abs(x - y) for x, y in zip(a8, a1)]
+        out["micro_batch_1_vs_8"] = {"steps": len(diffs), "mean_abs_diff": mean(diffs), "max_abs_diff": max(diffs),
+                                     "mean_loss_mb8": mean(a8), "mean_loss_mb1": mean(a1)}
+    nan = runs / "attention_nan.json"
+    if nan.is_file():
+        out["attention_nan"] = read_json(nan)
+    write_json(a.out, out)
+    for e in entries:
+        print(f"{e['name']}: GSM8K {e['gsm8k']:.1f}% (base {base['accuracy']:.1f}%), "
+              f"loss {e['loss_curve'][0]:.3f} -> {e['loss_curve'][-1]:.3f} over {e['optimizer_steps']} steps")
+
+
+if __name__ == "__main__":
+    cli(main)
