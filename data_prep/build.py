@@ -21,7 +21,7 @@ def main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", required=True, help="samples.jsonl or the folder holding it")
     ap.add_argument("--method", choices=METHODS, default="upft")
-    ap.add_argument("--L", type=int, default=32, help="prefix length in tokens")
+    ap.add_argument("--L", type=int, help="prefix length in tokens (default: the L the prefixes were sampled with)")
     ap.add_argument("--p", type=float, default=0.1, help="label_filter: fraction kept full")
     ap.add_argument("--seed", type=int, default=0, help="rft/label_filter: which correct draw is kept")
     ap.add_argument("--no-suffix", action="store_true", help="train prefixes without the UPFT instruction")

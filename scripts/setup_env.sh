@@ -18,6 +18,10 @@ if [ ! -f "$stamp" ] || ! cat requirements.txt scripts/setup_env.sh | cmp -s - "
     aiohttp==3.14.5 multidict==7.2.1 attrs==26.1.0 yarl==1.25.1 propcache==0.5.4 aiohappyeyeballs==2.7.1 \
     aiosignal==1.4.0 frozenlist==1.8.0 openai-harmony==0.0.8 openai==3.57.0 httpx2==2.16.2 sniffio==1.3.1 \
     cloudpickle==3.1.3 pybase64==1.5.1 cachetools==8.0.2 uvloop==0.23.0 py-cpuinfo==9.0.0 prometheus_client==0.26.0
+  # DeepSpeed without its compiled ops: importing OpenRLHF's SFT loss and trainer modules needs it,
+  # and the tests run that loss on our rows (tests/test_openrlhf_dataset.py).
+  DS_BUILD_OPS=0 python -m pip install -q --no-deps deepspeed==0.19.6 hjson==3.1.0 msgpack==1.2.4 \
+    nvidia-ml-py==13.615.71 ninja==1.13.2 einops==0.8.2
   python -m pip install -q --no-deps -e .
   cat requirements.txt scripts/setup_env.sh > "$stamp"
 fi

@@ -40,7 +40,8 @@ def make_run(root: Path, name: str, label: str, method: str, accs: tuple[float, 
         _write(run / "prep" / "stats.json", {"method": method, "n_rows": 100, **stats})
     if train_wall is not None:
         stages["train"] = "model"
-        _write(run / "model" / "manifest.json", {"stage": "train", "wall_s": train_wall})
+        _write(run / "model" / "manifest.json", {"stage": "train", "wall_s": train_wall,
+                                                 "model_check": {"passed": True}})
     benches = {b: {"accuracy": a, "ci95": [a - 2.5, a + 2.5], "n_questions": 500} for b, a in zip(BENCHES, accs)}
     _write(run / "eval" / "summary.json", {"model": name, "benchmarks": benches, "environment": ENV})
     _write(run / "run.json", {"name": name, "label": label, "method": method, "seed": seed, "L": L, "p": p,
@@ -174,3 +175,11 @@ def test_cli_reports_a_missing_stage_file_in_one_line(runs, tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "missing model/manifest.json" in lines[0]
+
+
+def test_a_model_without_a_passing_check_is_never_shown(runs, tmp_path):
+    """A trained model must carry the trainers' health check (a collapsed run once reported 0% as a result)."""
+    _write(runs[1] / "model" / "manifest.json", {"stage": "train", "wall_s": 1.0})
+    with pytest.raises(UserError, match="records no passing model check"):
+        write_report(runs, tmp_path / "rep", tmp_path / "figs")
+    assert not (tmp_path / "rep").exists()

@@ -27,8 +27,8 @@ class EvalSettings:
     max_new_tokens_by: dict[str, int] = field(default_factory=dict)  # per-benchmark overrides
     n: int = 1  # samples per question; 1 with temperature 0 is the paper's greedy protocol
     temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
+    top_p: float | None = None  # None: the model's generation config (sampled eval only; greedy ignores it)
+    top_k: int | None = None
     seed: int = 0
     limit: int | None = None
     style: str = "boxed"

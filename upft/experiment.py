@@ -33,7 +33,7 @@ TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "defaults
 QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit"}
 SAMPLE = {"n", "max_new_tokens", "temperature", "top_p", "top_k", "prompt_style", "backend", *BACKEND_OPTIONS}
 LOCAL_TRAIN = {f.name for f in dataclasses.fields(TrainSettings)} - {"seed"}
-OPENRLHF_TRAIN = {"gpus", "nnodes", "node_rank", "master_addr", "master_port", "epochs", "lr", "scheduler",
+OPENRLHF_TRAIN = {"gpus", "nnodes", "node_rank", "master_addr", "master_port", "epochs", "lr", "scheduler", "loss_avg",
                   "warmup_ratio", "batch_size", "micro_batch", "max_len", "zero_stage", "no_adam_offload", "attn",
                   "no_gradient_checkpointing", "lora_rank", "lora_alpha", "tensorboard", "wandb_project"}
 EVAL = ({f.name for f in dataclasses.fields(EvalSettings)} - {"style", "max_new_tokens_by", "seed"}
@@ -112,9 +112,10 @@ def sample_settings(cfg: dict) -> dict:
     if method in ("upft", "sft") and n != 1:
         raise UserError(f"{method} uses one sample per question; sample.n must be 1")
     q = cfg["questions"]
+    prefix = {"L": cfg["L"], "p": cfg["p"]} if mode == "upft" else {}  # a full pool is shared across L and p
     return {"model": cfg["model"], "questions": q["source"],
-            **{k: v for k, v in q.items() if k != "source"}, "mode": mode, "n": n,
-            "L": cfg["L"], "p": cfg["p"] if mode == "upft" else 0.0, "seed": cfg["seed"], **s}
+            **{k: v for k, v in q.items() if k != "source"}, "mode": mode, "n": n, **prefix,
+            "seed": cfg["seed"], **s}
 
 
 def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:

@@ -88,6 +88,8 @@ class TransformersBackend:
         import torch
         from transformers import GenerationConfig
 
+        from upft.models import plain_generation_config
+
         pad = self.tokenizer.pad_token_id
         width = max(len(r.prompt_ids) for r in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -106,7 +108,9 @@ class TransformersBackend:
         if sample:
             torch.manual_seed(request_seed(*(r.seed for r in batch)))
         device = self.model.device
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        with plain_generation_config(self.model):  # nothing unset is filled from the model's config
+            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                      generation_config=config)
         results = []
         for row, r in enumerate(batch):
             new = out[row, width:].tolist()
@@ -121,8 +125,8 @@ def add_decoding_args(ap, temperature: float) -> None:
     """The decoding and backend flags shared by sampling and evaluation (one definition)."""
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0, help="0 = off")
+    ap.add_argument("--top-p", type=float, help="default: the model's generation_config (1 if it sets none)")
+    ap.add_argument("--top-k", type=int, help="0 = off; default: the model's generation_config (off if it sets none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-style", default="auto", help="auto, plain, boxed or qwen-math")
     ap.add_argument("--backend", default="transformers", help="transformers or vllm")

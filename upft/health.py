@@ -59,7 +59,7 @@ def check_model(model, tokenizer) -> dict:
     """
     import torch
 
-    from upft.models import end_of_turn_id
+    from upft.models import end_of_turn_id, plain_generation_config
     from upft.prompts import messages, render
 
     bad = nonfinite_weights(model)
@@ -73,7 +73,7 @@ def check_model(model, tokenizer) -> dict:
     for probe in PROBES:
         _, ids = render(tokenizer, messages(probe, "plain"))
         prompt = torch.tensor([ids], device=model.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), plain_generation_config(model):
             out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                  max_new_tokens=PROBE_TOKENS, eos_token_id=stop,
                                  pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)

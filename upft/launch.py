@@ -223,7 +223,10 @@ def main(argv: list[str] | None) -> None:
     if a.dry_run:
         return
     check_gpus(a.gpus)
-    settings = {"command": [c for c in cmd if c != key], "data_sha256": sha256_file(data_file(a))}
+    from upft.stages import recorded_style
+
+    settings = {"command": [c for c in cmd if c != key], "data_sha256": sha256_file(data_file(a)),
+                "style": recorded_style(data_file(a).parent)}  # carried to evaluation (see upft.stages)
     out, tmp = Path(a.out), Path(staging_dir(a))
     if a.node_rank == 0 and begin_stage(out, settings, ["config.json"], a.force):
         print(f"[skip] {out} already holds this run", file=sys.stderr)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,33 @@ def end_of_turn_token(tokenizer) -> str:
 
 def end_of_turn_id(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+
+
+def sampling_defaults(model_path: str) -> dict:
+    """top-p and top-k from the model's own generation config, as the authors' sampler took them
+    (T is the method's 0.6); (1.0, 0 = off) when the model sets none."""
+    from transformers import GenerationConfig
+
+    try:
+        gc = GenerationConfig.from_pretrained(model_path)
+    except OSError:  # no generation_config.json
+        return {"top_p": 1.0, "top_k": 0}
+    return {"top_p": gc.top_p if gc.top_p is not None else 1.0, "top_k": gc.top_k or 0}
+
+
+@contextmanager
+def plain_generation_config(model):
+    """``generate`` fills every field our config leaves unset from ``model.generation_config``
+    (a repetition penalty, a top-k of 20, ...). Inside this block the model carries a neutral one,
+    so only what we pass applies; the model's own config is restored (and saved) as it was."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    model.generation_config = GenerationConfig(eos_token_id=own.eos_token_id, pad_token_id=own.pad_token_id)
+    try:
+        yield model
+    finally:
+        model.generation_config = own
 
 
 def load_tokenizer(path: str):

@@ -18,7 +18,7 @@ from upft.evaluate import EvalSettings, evaluate
 from upft.generation import make_backend
 from upft.grading import Grader
 from upft.judge import Judge
-from upft.models import end_of_turn_id, load_tokenizer, resolve_model
+from upft.models import end_of_turn_id, load_tokenizer, resolve_model, sampling_defaults
 from upft.prompts import style_for
 from upft.runio import (UserError, abandon_stage, read_json, read_jsonl, sha256_file, begin_stage, write_json,
                         write_jsonl, write_manifest)
@@ -31,6 +31,31 @@ def _skip(out: Path, settings: dict, outputs: list[str], force: bool) -> bool:
         print(f"[skip] {out} already holds this run", file=sys.stderr)
         return True
     return False
+
+
+def _model_style(model: str, model_path: str, prompt_style: str) -> str:
+    """The prompt style: the one asked for, else the one a tuned model was trained with (its
+    training manifest records it, carried from sampling), else the paper's choice for the family
+    named in ``model``. A folder name never overrides what the data recorded."""
+    man = Path(model_path) / "manifest.json"
+    recorded = read_json(man).get("settings", {}).get("style") if man.is_file() else None
+    return style_for(model, prompt_style) if prompt_style != "auto" or not recorded else recorded
+
+
+def _top_p_k(model_path: str, top_p: float | None, top_k: int | None) -> tuple[float, int]:
+    """Explicit values win; unset ones come from the model's generation config (see sampling_defaults)."""
+    model_defaults = sampling_defaults(model_path) if top_p is None or top_k is None else {}
+    top_p = model_defaults["top_p"] if top_p is None else top_p
+    top_k = model_defaults["top_k"] if top_k is None else top_k
+    if not 0 < top_p <= 1 or top_k < 0:
+        raise UserError(f"top-p must be in (0, 1] and top-k >= 0, got {top_p} and {top_k}")
+    return top_p, top_k
+
+
+def recorded_style(stage_dir: Path) -> str | None:
+    """The prompt style an earlier stage recorded in its manifest (None for old runs)."""
+    man = stage_dir / "manifest.json"
+    return read_json(man).get("settings", {}).get("style") if man.is_file() else None
 
 
 def _stage_input(path: str, name: str) -> tuple[Path, list[dict]]:
@@ -56,7 +81,7 @@ def run_sample(model: str, questions: str, out: str, *, question_field: str = "q
                answer_field: str | None = None, id_field: str | None = None, split: str = "train",
                config: str | None = None, limit: int | None = None, mode: str = "upft", L: int = 32,
                p: float = 0.1, n: int = 1, max_new_tokens: int = 1024, temperature: float = 0.6,
-               top_p: float = 1.0, top_k: int = 0, seed: int = 0, prompt_style: str = "auto",
+               top_p: float | None = None, top_k: int | None = None, seed: int = 0, prompt_style: str = "auto",
                backend: str = "transformers", gguf_sha256: str | None = None, force: bool = False,
                **backend_options) -> Path:
     """Sample training responses into ``out/samples.jsonl``."""
@@ -66,9 +91,12 @@ def run_sample(model: str, questions: str, out: str, *, question_field: str = "q
         raise UserError(f"p must be in [0, 1], got {p}")
     qs = load_questions(questions, question_field, answer_field, id_field, split, config, limit)
     model_path = resolve_model(model, gguf_sha256)
-    style = style_for(model, prompt_style)
+    style = _model_style(model, model_path, prompt_style)
+    top_p, top_k = _top_p_k(model_path, top_p, top_k)
+    upft = mode == "upft"  # a full-length pool does not depend on L or p: methods with any L share it
     settings = {"model": model_path, "questions": questions, "n_questions": len(qs), "split": split,
-                "mode": mode, "L": L, "p": p, "n": n, "max_new_tokens": max_new_tokens,
+                "mode": mode, "L": L if upft else None, "p": p if upft else None, "n": n,
+                "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed, "style": style,
                 "backend": backend}
     outdir = Path(out)
@@ -91,10 +119,12 @@ def grade_samples(samples: list[dict]) -> list[bool]:
         return [g["correct"] for g in grader.grade([("math", s["response"], s["answer"]) for s in samples])]
 
 
-def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, p: float = 0.1, suffix: bool = True,
-             seed: int = 0, model: str | None = None, force: bool = False) -> Path:
+def run_prep(samples: str, out: str, *, method: str = "upft", L: int | None = None, p: float = 0.1,
+             suffix: bool = True, seed: int = 0, model: str | None = None, force: bool = False) -> Path:
     """Build a training set (``out/train.jsonl`` + ``out/stats.json``) from a samples file.
 
+    L defaults to the L the prefixes were sampled with (the sample manifest records it; 32 for a
+    full-length pool), and a longer L than was sampled is refused: those tokens were never decoded.
     ``p`` and ``seed`` matter to Label Filter (its full fraction) and RFT (which correct sample);
     UPFT's full fraction was already drawn at sampling time.
     """
@@ -103,15 +133,23 @@ def run_prep(samples: str, out: str, *, method: str = "upft", L: int = 32, p: fl
     spath, rows = _stage_input(samples, "samples.jsonl")
     if method in ("rft", "label_filter") and any(s.get("answer") is None for s in rows):
         raise UserError(f"{method} needs reference answers: sample with --answer-field set")
+    man = spath.parent / "manifest.json"
+    sampled = read_json(man)["settings"] if man.is_file() else {}
+    prefixes_sampled = sampled.get("L") if sampled.get("mode") == "upft" else None
+    L = L if L is not None else prefixes_sampled or 32
+    if L < 1:
+        raise UserError(f"L must be a positive number of tokens, got {L}")
+    if prefixes_sampled is not None and L > prefixes_sampled:
+        raise UserError(f"L={L} is longer than the {prefixes_sampled} tokens sampled per prefix in {spath}; "
+                        f"sample again with --L {L}, or prep with --L {prefixes_sampled} or less")
     if model is None:
-        man = spath.parent / "manifest.json"
-        if not man.exists():
+        if not sampled:
             raise UserError(f"no manifest next to {spath}; pass --model")
-        model_path = read_json(man)["settings"]["model"]
+        model_path = sampled["model"]
     else:
         model_path = resolve_model(model)
     settings = {"samples_sha256": sha256_file(spath), "method": method, "L": L, "suffix": suffix,
-                "model": model_path}
+                "model": model_path, "style": recorded_style(spath.parent)}
     if method in ("rft", "label_filter"):
         settings.update(seed=seed, p=p if method == "label_filter" else None)
     outdir = Path(out)
@@ -143,7 +181,8 @@ def run_train(data: str, model: str, out: str, settings: TrainSettings, force: b
     """Fine-tune ``model`` on a prepared ``train.jsonl``; writes a plain HF folder to ``out``."""
     dpath, rows = _stage_input(data, "train.jsonl")
     model_path = resolve_model(model)
-    fp = {"data_sha256": sha256_file(dpath), "model": model_path, **vars(settings)}
+    fp = {"data_sha256": sha256_file(dpath), "model": model_path, "style": recorded_style(dpath.parent),
+          **vars(settings)}
     outdir = Path(out)
     if _skip(outdir, fp, ["config.json"], force):
         return outdir
@@ -166,7 +205,8 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
         load_benchmark(b, data_dir, 1)
     model_path = resolve_model(model)
     judge_path = resolve_model(judge) if judge else None
-    settings.style = style_for(model, prompt_style)
+    settings.style = _model_style(model, model_path, prompt_style)
+    settings.top_p, settings.top_k = _top_p_k(model_path, settings.top_p, settings.top_k)
     # a retrained model in the same folder is a different model: its training manifest says so
     man = Path(model_path) / "manifest.json"
     fp = {"model": model_path, "model_run": read_json(man).get("fingerprint") if man.is_file() else None,

@@ -9,6 +9,10 @@
 #   gpu2: base eval -> (UPFT set) OpenRLHF per-sample -> eval
 #   gpu3: the attention NaN reproduction (scripts/gpu/attention_nan.py) -> (SFT set) OpenRLHF per-sample -> eval
 # Every step skips itself when its output holds the same run, so start again after a crash.
+# Needs `python` on PATH (the package's convention). On a node that only has python3 in a venv, make a
+# wrapper, never a symlink (a symlink loses the venv, and writing a file through it overwrites the
+# interpreter): rm -f /root/bin/python; printf '#!/bin/sh\nexec python3 "$@"\n' > /root/bin/python
+# Stop a started check with: pkill -f 'trainer_check[.]sh' (the brackets keep pkill off its own shell).
 # OpenRLHF without flash-attn needs tests/gpu/stubs on PYTHONPATH (see tests/gpu/stubs/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

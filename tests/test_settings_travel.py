@@ -1,0 +1,101 @@
+"""Settings recorded by one stage are used by the next, never guessed again from names."""
+
+from __future__ import annotations
+
+from conftest import MODEL
+from upft.evaluate import EvalSettings
+from upft.prompts import BOXED
+from upft.runio import read_json, read_jsonl
+from upft.stages import run_eval, run_prep, run_sample, run_train
+from upft.train import TrainSettings
+
+TRAIN_Q = "data/demo/gsm8k/train.jsonl"
+
+
+def test_prompt_style_travels_from_sampling_to_evaluation(tmp_path, model_path):
+    """Sampled with the plain prompt (as a Llama run is), saved under a folder whose name says
+    nothing of it: evaluation of the tuned model must use the plain prompt too; the base model,
+    asked for nothing, gets its family's default (boxed for SmolLM2)."""
+    samples, prep = tmp_path / "samples", tmp_path / "prep"
+    model = tmp_path / "ablation-L8-s0" / "model"
+    run_sample(MODEL, TRAIN_Q, str(samples), answer_field="answer", limit=2, L=4, p=0.0, max_new_tokens=8,
+               prompt_style="plain", batch_size=8)
+    run_prep(str(samples), str(prep), L=4)
+    run_train(str(prep), MODEL, str(model), TrainSettings(lr=1e-5, batch_size=2, micro_batch=2, device="cpu"))
+    assert read_json(prep / "manifest.json")["settings"]["style"] == "plain"
+    assert read_json(model / "manifest.json")["settings"]["style"] == "plain"
+    short = EvalSettings(max_new_tokens=4, limit=1)
+    tuned = run_eval(str(model), str(tmp_path / "eval"), ["gsm8k"], short, data_dir="data/demo", batch_size=8)
+    assert tuned["benchmarks"]["gsm8k"]["style"] == "plain"
+    assert all(BOXED not in r["prompt"] for r in read_jsonl(tmp_path / "eval" / "gsm8k.jsonl"))
+    base = run_eval(MODEL, str(tmp_path / "eval-base"), ["gsm8k"], short, data_dir="data/demo", batch_size=8)
+    assert base["benchmarks"]["gsm8k"]["style"] == "boxed"
+
+
+def test_prep_takes_L_from_sampling_and_refuses_a_longer_one(tmp_path, model_path):
+    import pytest
+
+    from upft.runio import UserError
+
+    samples = tmp_path / "samples"
+    run_sample(MODEL, TRAIN_Q, str(samples), answer_field="answer", limit=3, L=4, p=0.0, max_new_tokens=8,
+               batch_size=8)
+    with pytest.raises(UserError, match="L=8 is longer than the 4 tokens sampled per prefix"):
+        run_prep(str(samples), str(tmp_path / "prep8"), L=8)
+    assert not (tmp_path / "prep8").exists()
+    run_prep(str(samples), str(tmp_path / "prep"))
+    stats = read_json(tmp_path / "prep" / "stats.json")
+    assert stats["L"] == 4 and all(len(r["target_ids"]) <= 5 for r in read_jsonl(tmp_path / "prep" / "train.jsonl"))
+
+
+def test_a_full_length_pool_is_shared_by_methods_with_different_L(tmp_path):
+    from upft.experiment import load_config, sample_settings
+
+    cfgs = []
+    for L in (16, 32):
+        path = tmp_path / f"lf{L}.yaml"
+        path.write_text(f"model: m\nmethod: label_filter\nL: {L}\nquestions: {{source: q.jsonl, answer_field: a}}\n"
+                        "eval: {benchmarks: [gsm8k]}\n")
+        cfgs.append(sample_settings(load_config(str(path))))
+    assert cfgs[0] == cfgs[1] and "L" not in cfgs[0]
+    upft = tmp_path / "upft.yaml"
+    upft.write_text("model: m\nmethod: upft\nL: 16\nquestions: {source: q.jsonl}\neval: {benchmarks: [gsm8k]}\n")
+    assert sample_settings(load_config(str(upft)))["L"] == 16
+
+
+def test_sampling_takes_top_p_and_top_k_from_the_model_and_nothing_leaks_into_greedy(tmp_path, model_path, tok):
+    """A model folder whose generation_config sets top-p 0.8, top-k 20 and a repetition penalty:
+    sampling uses its top-p/top-k unless told otherwise (recorded), and greedy decoding through our
+    backend ignores the penalty, which transformers would otherwise fill in behind our back."""
+    import json
+    import shutil
+
+    import torch
+
+    from upft.generation import GenRequest, TransformersBackend
+    from upft.models import end_of_turn_id
+    from upft.prompts import messages, render
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_path, folder)
+    gc = json.loads((folder / "generation_config.json").read_text())
+    gc.update(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=5.0)
+    (folder / "generation_config.json").write_text(json.dumps(gc))
+
+    for name, explicit, want in (("s1", {}, (0.8, 20)), ("s2", {"top_p": 0.95, "top_k": 0}, (0.95, 0))):
+        run_sample(str(folder), TRAIN_Q, str(tmp_path / name), limit=1, L=2, p=0.0, max_new_tokens=2,
+                   batch_size=8, **explicit)
+        settings = read_json(tmp_path / name / "manifest.json")["settings"]
+        assert (settings["top_p"], settings["top_k"]) == want
+
+    _, ids = render(tok, messages("Count from one to twenty in words.", "plain"))
+    req = [GenRequest("q#0", tuple(ids), 24)]
+    stop = [end_of_turn_id(tok)]
+    plain = next(TransformersBackend(model_path, tok, stop, "cpu").generate(req))[0].token_ids
+    ours = next(TransformersBackend(str(folder), tok, stop, "cpu").generate(req))[0].token_ids
+    assert ours == plain
+    from transformers import AutoModelForCausalLM
+
+    leaky = AutoModelForCausalLM.from_pretrained(folder).generate(torch.tensor([ids]), max_new_tokens=24,
+                                                                   do_sample=False)
+    assert leaky[0, len(ids):].tolist()[:len(plain)] != plain  # the penalty does change greedy output
