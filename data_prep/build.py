@@ -25,12 +25,15 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--p", type=float, default=0.1, help="label_filter: fraction kept full")
     ap.add_argument("--seed", type=int, default=0, help="rft/label_filter: which correct draw is kept")
     ap.add_argument("--no-suffix", action="store_true", help="train prefixes without the UPFT instruction")
+    ap.add_argument("--keep-truncated", action="store_true",
+                    help="keep full draws cut at the token limit (left out by default: trained with an "
+                         "end-of-turn they teach the model to stop mid-reasoning)")
     ap.add_argument("--model", help="tokenizer source (default: the model the samples came from)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
     run_prep(a.samples, a.out, method=a.method, L=a.L, p=a.p, suffix=not a.no_suffix, seed=a.seed,
-             model=a.model, force=a.force)
+             model=a.model, keep_truncated=a.keep_truncated, force=a.force)
 
 
 if __name__ == "__main__":

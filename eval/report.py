@@ -4,7 +4,8 @@
   python eval/report.py runs/base runs/upft-L32-s0 runs/upft-L32-s1 --out reports/x --benchmarks gsm8k,math500
 
 Each RUN is a folder holding run.json, or a folder of such folders. Writes OUT/report.md,
-OUT/report.json and PNG figures under --figs, and prints report.md.
+OUT/report.json and PNG figures (in OUT unless --figs names another folder, e.g. the committed
+figs/ when regenerating README's figure), and prints report.md.
 """
 
 import argparse
@@ -17,10 +18,10 @@ def main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run folders (each holds run.json) or a folder of them")
     ap.add_argument("--out", required=True, help="folder for report.md and report.json")
-    ap.add_argument("--figs", default="figs", help="folder for the figures (default: figs)")
+    ap.add_argument("--figs", help="folder for the figures (default: --out)")
     ap.add_argument("--benchmarks", help="comma-separated columns (default: those of the first run's eval)")
     a = ap.parse_args(argv)
-    files = write_report(a.runs, a.out, a.figs, a.benchmarks.split(",") if a.benchmarks else None)
+    files = write_report(a.runs, a.out, a.figs or a.out, a.benchmarks.split(",") if a.benchmarks else None)
     print(files[0].read_text(encoding="utf-8"), end="")
 
 

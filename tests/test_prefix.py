@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from upft.builders import build_sft, build_upft, cut_prefix, stats
+from upft.builders import build_sft, build_upft, stats, whole_chars
 from upft.models import end_of_turn_id
 from upft.prompts import UPFT_SUFFIX, messages, render
 
@@ -40,18 +40,64 @@ def test_prefix_is_exactly_the_first_L_sampled_ids(tok, L):
         assert again == r["prompt_ids"] + r["target_ids"][:-1]
 
 
-def test_cut_backs_off_when_the_last_token_would_not_round_trip(tok):
+def test_a_prefix_cut_inside_a_character_ends_on_the_whole_character_and_is_counted(tok):
     text = "Answer 😀😀😀 done"
     ids = tok(text, add_special_tokens=False).input_ids
-    msgs = messages("q", "plain")
-    _, pids = render(tok, msgs)
     # find an L whose cut falls inside an emoji's byte tokens
     inside = [L for L in range(1, len(ids)) if "\ufffd" in tok.decode(ids[:L])]
     assert inside, "the tokenizer should split the emoji into several byte tokens"
     L = inside[0]
-    cut = cut_prefix(tok, msgs, pids, ids, L, end_of_turn_id(tok))
-    assert 0 < len(cut) < L and cut == ids[:len(cut)]
-    assert tok(tok.decode(cut), add_special_tokens=False).input_ids == cut
+    k = whole_chars(tok, ids, L)
+    assert 0 < k < L and "\ufffd" not in tok.decode(ids[:k])
+    sample = {**fake_sample(tok, 0, text, "prefix"), "response_ids": ids}
+    rows, dropped = build_upft([sample], tok, end_of_turn_id(tok), L)
+    assert dropped == 0 and rows[0]["shortened"] and rows[0]["n_sampled_tokens"] == k
+    assert stats("upft", [sample], rows, dropped)["n_prefix_shortened"] == 1
+
+
+def noncanonical(tok, text: str, word: str) -> list[int]:
+    """Ids of ``text`` with ``word`` split into two tokens, as a sampler may produce and re-encoding never does."""
+    head, tail = text.split(word, 1)
+    parts = [head, word[:2], word[2:], tail]
+    ids = [i for part in parts for i in tok(part, add_special_tokens=False).input_ids]
+    assert tok.decode(ids) == text and ids != tok(text, add_special_tokens=False).input_ids
+    return ids
+
+
+def test_a_full_row_keeps_its_whole_response_when_the_sampled_ids_are_not_canonical(tok):
+    """Sampled ids that re-encode differently (a word sampled in two pieces) used to cut the row back to
+    just before that spot; now the whole response is kept, trained as its canonical ids (what OpenRLHF
+    trains too), and the row is counted as re-encoded."""
+    eot = end_of_turn_id(tok)
+    text = RESPONSES[1]
+    ids = noncanonical(tok, text, "number")
+    sample = {**fake_sample(tok, 0, text, "full"), "response_ids": ids, "n_tokens": len(ids) + 1}
+    rows, dropped = build_sft([sample], tok, eot)
+    assert dropped == 0
+    (row,) = rows
+    assert row["response"][0]["content"] == text  # nothing cut off
+    assert row["target_ids"] == tok(text, add_special_tokens=False).input_ids + [eot]
+    assert row["reencoded"] and row["n_sampled_tokens"] == len(ids)
+    st = stats("sft", [sample], rows, dropped)
+    assert st["n_reencoded"] == 1 and st["tuning_tokens"] == len(row["target_ids"])
+    # a prefix over the split keeps the text of exactly the first L sampled tokens
+    split_at = len(tok(text.split("number")[0], add_special_tokens=False).input_ids) + 1
+    L = split_at + 2
+    prefix, _ = build_upft([{**sample, "draw": "prefix"}], tok, eot, L)
+    assert prefix[0]["response"][0]["content"] == tok.decode(ids[:L]) and prefix[0]["n_sampled_tokens"] == L
+
+
+def test_full_draws_cut_at_the_token_limit_are_left_out_unless_kept(tok):
+    eot = end_of_turn_id(tok)
+    samples = [fake_sample(tok, i, t, "full") for i, t in enumerate(RESPONSES)]
+    samples[1] = {**samples[1], "finish_reason": "length"}
+    rows, dropped = build_sft(samples, tok, eot)
+    assert [r["id"] for r in rows] == ["0", "2"] and dropped == 1
+    rows, dropped = build_sft(samples, tok, eot, keep_truncated=True)
+    assert len(rows) == 3 and dropped == 0
+    # prefix draws always stop at L: they are not "truncated" in this sense
+    upft, dropped = build_upft([{**samples[1], "draw": "prefix"}, samples[1]], tok, eot, L=4)
+    assert [r["kind"] for r in upft] == ["prefix"] and dropped == 1
 
 
 def test_suffix_only_on_prefix_samples_and_full_samples_keep_whole_response(tok):

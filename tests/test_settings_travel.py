@@ -99,3 +99,24 @@ def test_sampling_takes_top_p_and_top_k_from_the_model_and_nothing_leaks_into_gr
     leaky = AutoModelForCausalLM.from_pretrained(folder).generate(torch.tensor([ids]), max_new_tokens=24,
                                                                    do_sample=False)
     assert leaky[0, len(ids):].tolist()[:len(plain)] != plain  # the penalty does change greedy output
+
+
+def test_two_runs_sharing_a_sample_pool_never_write_it_at_once(tmp_path, model_path):
+    """Two configs started together share one pool: the second waits for the first, then skips."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "samples"
+    cmd = [sys.executable, str(REPO / "sample/generate.py"), "--model", MODEL, "--questions", TRAIN_Q,
+           "--limit", "4", "--L", "4", "--p", "0.5", "--max-new-tokens", "16", "--batch-size", "2", "--out", str(out)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    waited = [e for e in errs if "[wait]" in e]
+    assert len(waited) == 1 and "[skip]" in waited[0]
+    rows = read_jsonl(out / "samples.jsonl")
+    assert sorted(r["id"] for r in rows) == ["0", "1", "2", "3"]

@@ -22,82 +22,103 @@ from upft.sampling import choose_full
 METHODS = ("upft", "sft", "rft", "label_filter")  # training-set builders
 
 
-def cut_prefix(tokenizer, msgs: list[dict], prompt_ids: list[int], ids: list[int], L: int, eot_id: int) -> list[int]:
-    """The longest cut of at most L sampled ids that OpenRLHF will re-tokenise to the same ids.
-
-    The check renders the conversation as OpenRLHF's SFT dataset does (chat template over the
-    prompt messages + the assistant text, trailing newlines stripped, no special tokens added)
-    and requires prompt ids + the cut + end-of-turn. Usually the cut is exactly ids[:L]; it is
-    shorter when the L-th token would merge differently or the template trims the text (a split
-    multi-byte character, trailing whitespace under Llama's template). Empty if none works.
-    """
-    for k in range(min(L, len(ids)), 0, -1):
-        text = tokenizer.decode(ids[:k], skip_special_tokens=False)
-        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": text}], tokenize=False)
-        want = prompt_ids + ids[:k] + [eot_id]
-        if tokenizer(full.rstrip("\n"), add_special_tokens=False).input_ids[:len(want)] == want:
-            return ids[:k]
-    return []
+def encode_turn(tokenizer, msgs: list[dict], prompt_ids: list[int], text: str, eot_id: int) -> list[int] | None:
+    """The ids trained when ``text`` is the assistant turn after ``msgs``: what OpenRLHF's SFT dataset
+    tokenises (chat template over prompt + answer, trailing newlines stripped, no special tokens
+    added), minus the prompt, through the end-of-turn token. Both trainers train exactly these ids.
+    None when the template does not render the prompt as sampled or ends no turn."""
+    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": text}], tokenize=False)
+    ids = tokenizer(full.rstrip("\n"), add_special_tokens=False).input_ids
+    if ids[:len(prompt_ids)] != prompt_ids or eot_id not in ids[len(prompt_ids):]:
+        return None
+    rest = ids[len(prompt_ids):]
+    return rest[:rest.index(eot_id) + 1]
 
 
-def _row(sample: dict, kind: str, msgs: list[dict], prompt_text: str, prompt_ids: list[int],
-         response_ids: list[int], tokenizer, eot_id: int) -> dict:
+def whole_chars(tokenizer, ids: list[int], k: int) -> int:
+    """The largest cut <= k whose text does not end inside a multi-byte character (a split emoji
+    decodes to U+FFFD, which re-encodes to a token the model never produced)."""
+    while k > 0 and tokenizer.decode(ids[:k], skip_special_tokens=False).endswith("\ufffd"):
+        k -= 1
+    return k
+
+
+def _row(sample: dict, kind: str, msgs: list[dict], prompt_text: str, prompt_ids: list[int], n_sampled: int,
+         text: str, target_ids: list[int], shortened: bool = False) -> dict:
     return {
         "id": sample["id"],
         "sample_index": sample.get("sample_index", 0),
         "kind": kind,
         # OpenRLHF's keys (--data.input_key prompt --data.output_key response): both message lists
         "prompt": msgs,
-        "response": [{"role": "assistant", "content": tokenizer.decode(response_ids, skip_special_tokens=False)}],
+        "response": [{"role": "assistant", "content": text}],
         "prompt_text": prompt_text,
         "prompt_ids": prompt_ids,
-        "target_ids": response_ids + [eot_id],
+        "target_ids": target_ids,
+        "n_sampled_tokens": n_sampled,  # sampled ids the text holds; target_ids is their canonical encoding
+        "reencoded": target_ids[:-1] != sample["response_ids"][:n_sampled],
+        "shortened": shortened,  # a prefix cut back from L to end on a whole character
         "finish_reason": sample["finish_reason"],
     }
 
 
 def full_row(sample: dict, tokenizer, eot_id: int) -> dict | None:
-    """The whole sampled response under the sampling prompt (plain question)."""
-    ids = cut_prefix(tokenizer, sample["messages"], sample["prompt_ids"], sample["response_ids"],
-                     len(sample["response_ids"]), eot_id)
-    if sample["response_ids"] and not ids:
+    """The whole sampled response under the sampling prompt (plain question), never shortened."""
+    ids = sample["response_ids"]
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    target = encode_turn(tokenizer, sample["messages"], sample["prompt_ids"], text, eot_id)
+    if target is None:
         return None
-    return _row(sample, "full", sample["messages"], sample["prompt"], sample["prompt_ids"], ids, tokenizer, eot_id)
+    return _row(sample, "full", sample["messages"], sample["prompt"], sample["prompt_ids"], len(ids), text, target)
 
 
 def prefix_row(sample: dict, tokenizer, eot_id: int, L: int, suffix: bool = True) -> dict | None:
-    """The first L sampled tokens, under the question + UPFT instruction suffix."""
+    """The text of the first L sampled tokens, under the question + UPFT instruction suffix."""
     msgs = [dict(m) for m in sample["messages"]]
     if suffix:
         msgs[-1]["content"] += UPFT_SUFFIX
-    text, ids = render(tokenizer, msgs)
-    prefix = cut_prefix(tokenizer, msgs, ids, sample["response_ids"], L, eot_id)
-    if not prefix:
+    prompt_text, prompt_ids = render(tokenizer, msgs)
+    k = whole_chars(tokenizer, sample["response_ids"], min(L, len(sample["response_ids"])))
+    if k == 0:
         return None
-    return _row(sample, "prefix", msgs, text, ids, prefix, tokenizer, eot_id)
+    text = tokenizer.decode(sample["response_ids"][:k], skip_special_tokens=False)
+    target = encode_turn(tokenizer, msgs, prompt_ids, text, eot_id)
+    if target is None:
+        return None
+    return _row(sample, "prefix", msgs, prompt_text, prompt_ids, k, text, target,
+                shortened=k < min(L, len(sample["response_ids"])))
 
 
-def build_upft(samples: list[dict], tokenizer, eot_id: int, L: int, suffix: bool = True) -> tuple[list[dict], int]:
+def _keep(samples: list[dict], keep_truncated: bool) -> tuple[list[dict], int]:
+    """Full draws cut at the token limit are left out unless asked for: trained with an end-of-turn,
+    a truncated trace teaches the model to stop mid-reasoning. Returns (kept, n left out)."""
+    if keep_truncated:
+        return samples, 0
+    kept = [s for s in samples if not (s["draw"] == "full" and s["finish_reason"] == "length")]
+    return kept, len(samples) - len(kept)
+
+
+def build_upft(samples: list[dict], tokenizer, eot_id: int, L: int, suffix: bool = True,
+               keep_truncated: bool = False) -> tuple[list[dict], int]:
     """UPFT set: full rows for the samples drawn full, prefix rows for the rest. Returns (rows, dropped)."""
     if L <= 0:
         raise UserError(f"L must be a positive number of tokens, got {L}")
-    rows = []
-    for s in samples:
-        if s["draw"] == "full":
-            rows.append(full_row(s, tokenizer, eot_id))
-        else:
-            rows.append(prefix_row(s, tokenizer, eot_id, L, suffix))
+    usable, _ = _keep(samples, keep_truncated)
+    rows = [full_row(s, tokenizer, eot_id) if s["draw"] == "full" else prefix_row(s, tokenizer, eot_id, L, suffix)
+            for s in usable]
     kept = [r for r in rows if r is not None]
-    return kept, len(rows) - len(kept)
+    return kept, len(samples) - len(kept)
 
 
-def build_sft(samples: list[dict], tokenizer, eot_id: int) -> tuple[list[dict], int]:
+def build_sft(samples: list[dict], tokenizer, eot_id: int, keep_truncated: bool = False) -> tuple[list[dict], int]:
     """SFT baseline: the whole self-generated response of each question's first draw."""
     if any(s["draw"] != "full" for s in samples):
         raise UserError("SFT needs full-length samples; sample with --mode full")
-    rows = [full_row(s, tokenizer, eot_id) for s in samples if s.get("sample_index", 0) == 0]
+    first = [s for s in samples if s.get("sample_index", 0) == 0]
+    usable, _ = _keep(first, keep_truncated)
+    rows = [full_row(s, tokenizer, eot_id) for s in usable]
     kept = [r for r in rows if r is not None]
-    return kept, len(rows) - len(kept)
+    return kept, len(first) - len(kept)
 
 
 def pick_correct(samples: list[dict], correct: list[bool], seed: int) -> list[dict]:
@@ -118,19 +139,26 @@ def _check_pool(samples: list[dict], method: str) -> None:
         raise UserError(f"{method} needs full-length samples to grade; sample with --mode full --n 16")
 
 
-def build_rft(samples: list[dict], correct: list[bool], tokenizer, eot_id: int, seed: int) -> tuple[list[dict], int]:
+def _usable_correct(samples: list[dict], correct: list[bool], keep_truncated: bool) -> list[bool]:
+    """Correct and, unless asked otherwise, not cut at the token limit (see ``_keep``)."""
+    return [ok and (keep_truncated or s["finish_reason"] != "length") for s, ok in zip(samples, correct)]
+
+
+def build_rft(samples: list[dict], correct: list[bool], tokenizer, eot_id: int, seed: int,
+              keep_truncated: bool = False) -> tuple[list[dict], int]:
     """RFT: one correct sample per question, tuned in full. ``dropped`` counts questions with no usable one."""
     _check_pool(samples, "RFT")
-    rows = [full_row(s, tokenizer, eot_id) for s in pick_correct(samples, correct, seed)]
+    picked = pick_correct(samples, _usable_correct(samples, correct, keep_truncated), seed)
+    rows = [full_row(s, tokenizer, eot_id) for s in picked]
     kept = [r for r in rows if r is not None]
     return kept, len({s["id"] for s in samples}) - len(kept)
 
 
 def build_label_filter(samples: list[dict], correct: list[bool], tokenizer, eot_id: int, L: int, p: float,
-                       seed: int, suffix: bool = True) -> tuple[list[dict], int]:
+                       seed: int, suffix: bool = True, keep_truncated: bool = False) -> tuple[list[dict], int]:
     """Label Filter: UPFT's prefixes (and its full fraction p) cut from one correct sample per question."""
     _check_pool(samples, "Label Filter")
-    picked = pick_correct(samples, correct, seed)
+    picked = pick_correct(samples, _usable_correct(samples, correct, keep_truncated), seed)
     full = choose_full([s["id"] for s in picked], p, seed)
     rows, _ = build_upft([{**s, "draw": "full" if s["id"] in full else "prefix"} for s in picked],
                          tokenizer, eot_id, L, suffix)
@@ -151,6 +179,10 @@ def stats(method: str, samples: list[dict], rows: list[dict], dropped: int) -> d
         "n_full": sum(r["kind"] == "full" for r in rows),
         "n_dropped": dropped,
         "n_truncated_full": sum(r["kind"] == "full" and r["finish_reason"] == "length" for r in rows),
+        # rows whose text re-encodes to other ids than were sampled (both trainers train the canonical ids)
+        "n_reencoded": sum(r["reencoded"] for r in rows),
+        # prefix rows holding fewer than the sampled L tokens (a cut inside a multi-byte character)
+        "n_prefix_shortened": sum(r["shortened"] for r in rows),
         "sampling_tokens": sum(s["n_tokens"] for s in samples),
         "tuning_tokens": sum(len(r["target_ids"]) for r in rows),
         "mean_target_length": sum(len(r["target_ids"]) for r in rows) / max(len(rows), 1),

@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from upft.runio import (UserError, abandon_stage, begin_stage, cli, read_config, read_jsonl, sha256_file,
-                        write_jsonl, write_manifest)
+from upft.runio import (UserError, abandon_stage, begin_stage, cli, read_config, read_jsonl, release_stage,
+                        sha256_file, write_jsonl, write_manifest)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -253,6 +253,7 @@ def main(argv: list[str] | None) -> None:
                    nonfinite_steps=0, model_check=health)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    release_stage(out)
 
 
 if __name__ == "__main__":

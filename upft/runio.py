@@ -8,6 +8,7 @@ no-op, and a folder that holds a different run is refused instead of silently mi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +23,9 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 RUNNING = ".running.json"  # settings of a stage run in progress
+
+
+_LOCKS: dict[Path, int] = {}  # stage folders this process is writing, and their lock files
 
 
 class UserError(Exception):
@@ -168,25 +172,55 @@ def read_config(path: str | Path) -> dict:
     return _merge(merged, cfg)
 
 
+def _lock(out_dir: Path) -> None:
+    """Hold ``.<name>.lock`` beside ``out_dir`` until the stage ends (or this process does).
+
+    Two runs sharing a sample pool (two configs started together) must not append to one
+    ``.partial`` file: the second waits here, then finds the first one's finished run and skips.
+    """
+    key = out_dir.resolve()
+    if key in _LOCKS:
+        return
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir.parent / f".{out_dir.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"[wait] another run is writing {out_dir}; waiting for it to finish", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    _LOCKS[key] = fd
+
+
+def release_stage(out_dir: str | Path) -> None:
+    """Let other processes write ``out_dir`` again (a stage that renamed its output into place)."""
+    fd = _LOCKS.pop(Path(out_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing releases the lock
+
+
 def begin_stage(out_dir: str | Path, settings: dict, outputs: list[str], force: bool = False) -> bool:
     """Prepare ``out_dir`` for a stage run; True when it already holds this exact run.
 
     A folder holding a finished or unfinished run of *different* settings is refused (so
     results are never mixed), unless ``force``, which clears it. An unfinished run of the
-    same settings is left in place for the stage to resume.
+    same settings is left in place for the stage to resume. The folder stays locked against
+    other processes until ``write_manifest`` or ``abandon_stage``.
     """
     out_dir = Path(out_dir)
+    _lock(out_dir)
     fp = fingerprint(settings)
     man, running = out_dir / MANIFEST, out_dir / RUNNING
     old = None
     if man.exists():
         same = read_json(man).get("fingerprint") == fp
         if same and all((out_dir / o).exists() for o in outputs):
+            release_stage(out_dir)
             return True
         old = None if same else "a finished run"
     elif running.exists() and read_json(running).get("fingerprint") != fp:
         old = "an unfinished run"
     if old and not force:
+        release_stage(out_dir)
         raise UserError(f"{out_dir} already holds {old} with different settings; "
                         "choose another --out or pass --force to replace it")
     if old:
@@ -203,6 +237,7 @@ def abandon_stage(out_dir: str | Path) -> None:
     (out_dir / RUNNING).unlink(missing_ok=True)
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
+    release_stage(out_dir)
 
 
 def write_manifest(out_dir: str | Path, stage: str, settings: dict, **extra: Any) -> None:
@@ -218,3 +253,4 @@ def write_manifest(out_dir: str | Path, stage: str, settings: dict, **extra: Any
         },
     )
     (Path(out_dir) / RUNNING).unlink(missing_ok=True)
+    release_stage(out_dir)

@@ -120,7 +120,8 @@ def grade_samples(samples: list[dict]) -> list[bool]:
 
 
 def run_prep(samples: str, out: str, *, method: str = "upft", L: int | None = None, p: float = 0.1,
-             suffix: bool = True, seed: int = 0, model: str | None = None, force: bool = False) -> Path:
+             suffix: bool = True, seed: int = 0, model: str | None = None, keep_truncated: bool = False,
+             force: bool = False) -> Path:
     """Build a training set (``out/train.jsonl`` + ``out/stats.json``) from a samples file.
 
     L defaults to the L the prefixes were sampled with (the sample manifest records it; 32 for a
@@ -149,7 +150,7 @@ def run_prep(samples: str, out: str, *, method: str = "upft", L: int | None = No
     else:
         model_path = resolve_model(model)
     settings = {"samples_sha256": sha256_file(spath), "method": method, "L": L, "suffix": suffix,
-                "model": model_path, "style": recorded_style(spath.parent)}
+                "model": model_path, "style": recorded_style(spath.parent), "keep_truncated": keep_truncated}
     if method in ("rft", "label_filter"):
         settings.update(seed=seed, p=p if method == "label_filter" else None)
     outdir = Path(out)
@@ -159,20 +160,23 @@ def run_prep(samples: str, out: str, *, method: str = "upft", L: int | None = No
     eot = end_of_turn_id(tok)
     extra = {}
     if method == "upft":
-        train_rows, dropped = builders.build_upft(rows, tok, eot, L, suffix)
+        train_rows, dropped = builders.build_upft(rows, tok, eot, L, suffix, keep_truncated)
     elif method == "sft":
-        train_rows, dropped = builders.build_sft(rows, tok, eot)
+        train_rows, dropped = builders.build_sft(rows, tok, eot, keep_truncated)
     else:
         correct = grade_samples(rows)
         extra = {"n_correct_samples": sum(correct),
                  "n_questions_without_correct": len({s["id"] for s in rows})
                  - len({s["id"] for s, ok in zip(rows, correct) if ok})}
         if method == "rft":
-            train_rows, dropped = builders.build_rft(rows, correct, tok, eot, seed)
+            train_rows, dropped = builders.build_rft(rows, correct, tok, eot, seed, keep_truncated)
         else:
-            train_rows, dropped = builders.build_label_filter(rows, correct, tok, eot, L, p, seed, suffix)
+            train_rows, dropped = builders.build_label_filter(rows, correct, tok, eot, L, p, seed, suffix,
+                                                              keep_truncated)
     write_jsonl(outdir / "train.jsonl", train_rows)
-    write_json(outdir / "stats.json", {**builders.stats(method, rows, train_rows, dropped), **extra, "L": L})
+    truncated = sum(s["draw"] == "full" and s["finish_reason"] == "length" for s in rows)
+    write_json(outdir / "stats.json", {**builders.stats(method, rows, train_rows, dropped), **extra, "L": L,
+                                       "n_truncated_full_draws": truncated, "keep_truncated": keep_truncated})
     write_manifest(outdir, "prep", settings)
     return outdir
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upft.health import check_finite, check_model
-from upft.runio import UserError, read_json, write_json, write_jsonl, write_manifest
+from upft.runio import UserError, read_json, release_stage, write_json, write_jsonl, write_manifest
 
 
 @dataclass
@@ -290,3 +290,4 @@ def train(rows: list[dict], model_path: str, out_dir: str, settings: TrainSettin
         shutil.rmtree(out)
     os.replace(final, out)
     shutil.rmtree(tmp)
+    release_stage(out)
