@@ -21,10 +21,11 @@ def test_four_stages_end_to_end_on_the_real_model(tmp_path, model_path):
     samples = read_jsonl(tmp_path / "samples" / "samples.jsonl")
     assert len(samples) == 6 and sum(x["draw"] == "full" for x in samples) == 2
 
-    r = run_cli("data_prep/build.py", "--samples", s, "--L", "8", "--out", p)
+    r = run_cli("data_prep/build.py", "--samples", s, "--out", p, "--keep-truncated")  # L: the sampled 8
     assert r.returncode == 0, r.stderr
     stats = json.loads((tmp_path / "prep" / "stats.json").read_text())
-    assert (stats["n_prefix"], stats["n_full"], stats["n_rows"]) == (4, 2, 6)
+    assert (stats["n_prefix"], stats["n_full"], stats["n_rows"], stats["L"]) == (4, 2, 6, 8)
+    assert stats["n_truncated_full_draws"] == 2 and stats["keep_truncated"]  # 24 tokens cut both full draws
 
     r = run_cli("train/train_local.py", "--data", p, "--model", MODEL, "--out", m,
                 "--lr", "1e-5", "--batch-size", "2", "--micro-batch", "2")

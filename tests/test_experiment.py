@@ -43,7 +43,8 @@ def test_config_runs_end_to_end_skips_when_done_and_reruns_only_what_changed(tmp
     samples = (run / info["stages"]["sample"]).resolve()
     assert samples.parent == (tmp_path / "runs").resolve() and (samples / "samples.jsonl").is_file()
     stats = json.loads((run / "prep" / "stats.json").read_text())
-    assert (stats["n_prefix"], stats["n_full"]) == (3, 1)
+    # the one full draw hit max_new_tokens (12): it stays out of the training set, counted
+    assert (stats["n_prefix"], stats["n_full"], stats["n_truncated_full_draws"]) == (3, 0, 1)
     assert json.loads((run / "eval" / "summary.json").read_text())["model"] == "UPFT (L=4)"
     before = mtimes(run)
 

@@ -16,12 +16,12 @@ from upft.grading import Grader, grade_choice, grade_item, grade_math
         # math-verify alone extracts '73**' (Math-Verify#76).
         ("The answer is **73**.", "73", "73"),
         (r"So the total is \boxed{9{,}500}.", "9500", "9500"),
-        ("The total is 1,000 dollars.", "1000", "1000"),
+        ("The answer is 1,000 dollars.", "1000", "1000"),
         (r"\boxed{1,234,567}", "1,234,567", "1234567"),
         # A thin space as thousands separator: math-verify alone reads 1\,000 as 1*000 = 0.
         (r"\boxed{1\,000}", "1000", "1000"),
         # An escaped dollar outside math mode: math-verify alone extracts nothing.
-        (r"She pays \$1,250 in total.", "1250", "1250"),
+        (r"The answer: she pays \$1,250 in total.", "1250", "1250"),
     ],
 )
 def test_normalised_pitfalls(response: str, gold: str, pred: str) -> None:
@@ -76,11 +76,28 @@ def test_no_answer() -> None:
     assert grade_math("I don't know.", "5") == {"correct": False, "pred": None}
 
 
-def test_two_different_boxed_answers_are_wrong() -> None:
-    # math-verify joins all boxed answers into one set, so a hedged response matches neither gold.
+def test_the_last_of_several_final_answers_counts() -> None:
+    # math-verify alone joins all boxed answers into one set, so a corrected response matched neither
     response = r"It is \boxed{5}. Wait, no: \boxed{7}"
-    assert grade_math(response, "7") == {"correct": False, "pred": "5,7"}
-    assert grade_math(response, "5")["correct"] is False
+    assert grade_math(response, "7") == {"correct": True, "pred": "7"}
+    assert grade_math(response, "5") == {"correct": False, "pred": "7"}
+    assert grade_math(r"So \boxed{\frac{1}{2}}, and the total is \boxed{18}", "18")["correct"] is True
+
+
+@pytest.mark.parametrize("response", [
+    "She pays 3 * 6 = 18",  # never states a final answer
+    "Then 12 + 6 = 18 and then we subtract the",  # cut off mid-sentence
+    "The total is $18$ so far, and next",
+])
+def test_a_response_without_a_final_answer_is_wrong_even_if_its_last_number_is_the_gold(response: str) -> None:
+    assert grade_math(response, "18") == {"correct": False, "pred": None}
+
+
+@pytest.mark.parametrize("response", [
+    r"\boxed{\text{18 dollars}}", "#### 18", "18", "$18$.", "The answer is 18 apples.", "Answer: **18**",
+])
+def test_stated_final_answers_are_read(response: str) -> None:
+    assert grade_math(response, "18") == {"correct": True, "pred": "18"}
 
 
 def test_unparseable_gold_raises() -> None:
@@ -98,6 +115,10 @@ def test_unparseable_gold_raises() -> None:
         ("Option A looks tempting, but it ignores friction.\nAnswer: D", "D", "D"),
         ("Answer: A\nOn reflection that is wrong.\nAnswer: **B**", "B", "B"),
         ("(C)", "C", "C"),
+        ("Comparing all four, the correct option is B.", "B", "B"),
+        ("The measured ratio corresponds to D.", "D", "D"),
+        ("Both A and B fail the unit check, which leaves (C)", "C", "C"),
+        ("Answer: A\nLooking again, the correct choice is (D).", "D", "D"),
         ("The answer is a bit unclear to me.", "A", None),
         ("I cannot decide between the options.", "A", None),
     ],
@@ -154,3 +175,14 @@ def test_grader_times_out_hanging_item_and_continues() -> None:
         {"correct": True, "pred": "A"},
     ]
     assert elapsed < 15
+
+
+def test_wilson_interval_on_a_small_benchmark() -> None:
+    """1 of 30 right (AIME): Wald gives 0.0-9.8 (its lower end clipped); Wilson 0.6-16.7."""
+    from upft.evaluate import summarise, wilson
+
+    lo, hi = wilson(1 / 30, 30)
+    assert (round(100 * lo, 1), round(100 * hi, 1)) == (0.6, 16.7)
+    assert wilson(0.0, 30)[1] > 0.1 and wilson(1.0, 30)[0] < 0.9  # never a zero-width interval
+    rows = [{"id": str(i), "correct": i == 0, "n_tokens": 5, "finish_reason": "stop"} for i in range(30)]
+    assert summarise(rows, 1)["ci95"] == pytest.approx([100 * lo, 100 * hi])

@@ -60,21 +60,30 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def wilson(p: float, m: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p over m questions. Unlike the Wald interval
+    p ± z·se it never collapses to [0, 0] or [1, 1] and keeps its coverage on small sets (AIME: 30)."""
+    if m == 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / m
+    centre = (p + z * z / (2 * m)) / denom
+    half = z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summarise(rows: list[dict], n: int) -> dict:
-    """Accuracy (mean over draws) with a 95% interval over questions, pass@k, length, truncation."""
+    """Accuracy (mean over draws) with a 95% Wilson interval over questions, pass@k, length, truncation."""
     by_q: dict[str, list[dict]] = {}
     for r in rows:
         by_q.setdefault(r["id"], []).append(r)
     per_q = [sum(r["correct"] for r in rs) / len(rs) for rs in by_q.values()]
     m = len(per_q)
     acc = sum(per_q) / m if m else 0.0
-    var = sum((x - acc) ** 2 for x in per_q) / (m - 1) if m > 1 else 0.0
-    half = 1.96 * math.sqrt(var / m) if m else 0.0
     out = {
         "n_questions": m,
         "n_draws": len(rows),
         "accuracy": 100 * acc,
-        "ci95": [100 * max(0.0, acc - half), 100 * min(1.0, acc + half)],
+        "ci95": [100 * x for x in wilson(acc, m)],
         "mean_length": sum(r["n_tokens"] for r in rows) / max(len(rows), 1),
         "truncated_frac": sum(r["finish_reason"] == "length" for r in rows) / max(len(rows), 1),
     }

@@ -28,7 +28,7 @@ from upft.runio import UserError, cli, fingerprint, read_config, write_json
 from upft.train import TrainSettings
 
 METHODS = ("base", *builders.METHODS)  # "base": evaluate the model as it is
-TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "defaults",
+TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "keep_truncated", "defaults",
        "questions", "sample", "train", "eval"}
 QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit"}
 SAMPLE = {"n", "max_new_tokens", "temperature", "top_p", "top_k", "prompt_style", "backend", *BACKEND_OPTIONS}
@@ -80,6 +80,7 @@ def load_config(path: str, overrides: list[str] = ()) -> dict:
     cfg.setdefault("L", 32)
     cfg.setdefault("p", 0.1)
     cfg.setdefault("suffix", True)
+    cfg.setdefault("keep_truncated", False)  # full draws cut at the token limit stay out of training sets
     for key in ("questions", "sample", "train"):
         cfg.setdefault(key, {})
     if cfg["method"] != "base" and "source" not in cfg["questions"]:
@@ -134,7 +135,7 @@ def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:
         run_sample(out=str(samples), force=True, **sargs)
         prep = run_dir / "prep"
         run_prep(str(samples), str(prep), method=cfg["method"], L=cfg["L"], p=cfg["p"], suffix=cfg["suffix"],
-                 seed=cfg["seed"], force=True)
+                 seed=cfg["seed"], keep_truncated=cfg["keep_truncated"], force=True)
         model_dir = run_dir / "model"
         _train(cfg, prep, model_dir)
         stages.update(sample=f"../{samples.name}", prep="prep", train="model")

@@ -25,11 +25,12 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 GradeFn = Callable[[str, str, str], dict[str, Any]]
 
 _GOLD_CONFIG = [LatexExtractionConfig(), ExprExtractionConfig()]
-# A boxed answer outranks an "answer is" phrase, and text without any anchor is still searched,
-# because models often end with a bare number.
+# A response counts only with a stated final answer: a \boxed{} (outranking the rest), "answer
+# is / Answer:", "final answer". The last number of a response that never states one (or was cut
+# off mid-sentence) is not an answer, even when it equals the gold.
 _PRED_CONFIG = [
-    LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=True),
-    ExprExtractionConfig(),
+    LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False),
+    ExprExtractionConfig(try_extract_without_anchor=False),
 ]
 
 # math-verify extracts '73**' from '**73**' (huggingface/Math-Verify#76).
@@ -42,6 +43,44 @@ _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3}(?!\d))")
 # a bracket or follows 'digit,' is an element of a tuple or list ('(100,200)', '5,100,200'), not
 # a thousands-separated number, so it is left alone.
 _PLAIN_THOUSANDS = re.compile(r"(?<![\d.(\[])(?<!\d,)\d{1,3}(?:,\d{3})+(?!\d|,\d)")
+
+
+# '\text{18 dollars}' holds a number in words math-verify does not read; the number is the answer.
+_TEXT_NUMBER = re.compile(r"\\text\{\s*(-?\d[\d,.]*)\s*[^{}]*\}")
+# GSM8K's own final-answer line: '#### 18'.
+_HASHES = re.compile(r"^\s*####\s*(.+?)\s*$", re.MULTILINE)
+# A response that is nothing but a number ('72', '$72$.') states it as its answer.
+_BARE_NUMBER = re.compile(r"\s*\$?\s*(-?\d[\d,.]*)\s*\$?\s*\.?\s*")
+
+
+def _boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every \\boxed{...} with balanced braces."""
+    spans, i = [], text.find("\\boxed{")
+    while i != -1:
+        depth, j = 0, i + len("\\boxed")
+        for j in range(j, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                break
+        if depth:
+            break  # unclosed: a response cut off inside its answer
+        spans.append((i, j + 1))
+        i = text.find("\\boxed{", j + 1)
+    return spans
+
+
+def _final_statement(text: str) -> str:
+    """Keep one final answer: the last \\boxed{} (earlier ones unwrapped to plain text: math-verify
+    would join them all into one set), a '#### N' line read as the final answer, a bare number."""
+    spans = _boxed_spans(text)
+    for start, end in reversed(spans[:-1]):
+        text = text[:start] + text[start + len("\\boxed{"):end - 1] + text[end:]
+    if not spans:
+        text = _HASHES.sub(r"The final answer is \1", text)
+        bare = _BARE_NUMBER.fullmatch(text)
+        if bare:
+            text = f"The final answer is {bare[1]}"
+    return text
 
 
 def _normalise(text: str) -> str:
@@ -66,7 +105,7 @@ def grade_math(response: str, gold: str) -> dict[str, Any]:
     gold_parsed = parse(wrapped, _GOLD_CONFIG)
     if not gold_parsed:
         raise ValueError(f"cannot parse gold answer {gold!r}")
-    pred_parsed = parse(_normalise(response), _PRED_CONFIG)
+    pred_parsed = parse(_final_statement(_TEXT_NUMBER.sub(r"\1", _normalise(response))), _PRED_CONFIG)
     # parse() returns [sympy value, extracted text], [text] if the text did not parse, or [].
     pred = str(pred_parsed[-1]) if pred_parsed else None
     # verify() is not symmetric: gold goes first.
@@ -85,6 +124,12 @@ _CHOICE = re.compile(
     r"(?:(?P<upper>[A-D])\b|(?P<lower>[a-d])(?=[\s*$)\]}.]*$))",
     re.MULTILINE,
 )
+# Other usual final statements: 'the correct option is B', 'this corresponds to D', '... (C)' at the end.
+_CHOICE_PHRASES = re.compile(
+    rf"\b(?i:correct|right|best)\s+(?i:option|choice)\s+(?i:is)\s*:?{_DECOR}(?P<opt>[A-D])\b"
+    rf"|\b(?i:corresponds?\s+to)\s*(?:(?i:option|choice)\s*)?{_DECOR}(?P<corr>[A-D])\b"
+    r"|\((?P<paren>[A-D])\)[\s.!*]*\Z",
+)
 # A response that is nothing but the letter: 'C', '(C)', 'C.'.
 _BARE_CHOICE = re.compile(r"\s*\(?([A-Da-d])[).]?\s*")
 
@@ -99,11 +144,12 @@ def grade_choice(response: str, gold_letter: str) -> dict[str, Any]:
     gold = gold_letter.strip().upper()
     if len(gold) != 1 or gold not in "ABCD":
         raise ValueError(f"gold must be one letter A-D, got {gold_letter!r}")
-    matches = list(_CHOICE.finditer(response))
+    found = [(m.end(), m["boxed"] or m["upper"] or m["lower"]) for m in _CHOICE.finditer(response)]
+    found += [(m.end(), m["opt"] or m["corr"] or m["paren"]) for m in _CHOICE_PHRASES.finditer(response)]
     bare = _BARE_CHOICE.fullmatch(response)
     pred = None
-    if matches:
-        pred = (matches[-1]["boxed"] or matches[-1]["upper"] or matches[-1]["lower"]).upper()
+    if found:
+        pred = max(found)[1].upper()  # the last statement
     elif bare:
         pred = bare[1].upper()
     return {"correct": pred == gold, "pred": pred}
