@@ -35,8 +35,14 @@ def read_rows(source: str, split: str = "train", config: str | None = None) -> l
         if suffix == ".jsonl":
             return read_jsonl(path)
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, list) else data.get("data", [])
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: not valid JSON (line {e.lineno})") from None
+            data = data.get("data") if isinstance(data, dict) else data
+            if not isinstance(data, list):
+                raise UserError(f"{path}: a .json question file holds a list of rows (or {{\"data\": [...]}})")
+            return data
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -76,15 +82,22 @@ def questions_from_rows(rows: list[dict], source: str, question_field: str, answ
     """Check the fields of loaded rows and turn them into Questions (ids must be unique)."""
     if not rows:
         raise UserError(f"{source}: no questions")
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be at least 1, got {limit}")
     rows = rows[:limit] if limit else rows
     out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise UserError(f"{source}: row {i + 1} is not an object")
         for key in (question_field, answer_field, id_field):
             if key and key not in row:
                 raise UserError(f"{source}: row {i + 1} has no field '{key}' (fields: {', '.join(row)})")
+        if not isinstance(row[question_field], str) or not row[question_field].strip():
+            raise UserError(f"{source}: row {i + 1}: '{question_field}' is not a non-empty string "
+                            f"(got {row[question_field]!r:.40})")
         answer = gold_from_solution(str(row[answer_field])) if answer_field else None
         qid = str(row[id_field]) if id_field else str(i)
-        out.append(Question(qid, str(row[question_field]), answer))
+        out.append(Question(qid, row[question_field], answer))
     if len({q.id for q in out}) != len(out):
         raise UserError(f"{source}: question ids are not unique (field {id_field or 'row index'})")
     return out

@@ -51,7 +51,7 @@ def _check_keys(path: Path, where: str, section: dict, known: set[str]) -> None:
 
 def _override(cfg: dict, item: str) -> None:
     """Apply one ``--set section.key=value`` (the value read as YAML: numbers, lists, true)."""
-    import yaml
+    from upft.runio import load_yaml
 
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -60,7 +60,9 @@ def _override(cfg: dict, item: str) -> None:
     node = cfg
     for part in parents:
         node = node.setdefault(part, {})
-    node[last] = yaml.safe_load(value)
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item}: '{part}' is not a section")
+    node[last] = load_yaml(value, f"--set {item}")
 
 
 def load_config(path: str, overrides: list[str] = ()) -> dict:
@@ -96,7 +98,38 @@ def load_config(path: str, overrides: list[str] = ()) -> dict:
     _check_keys(p, "eval", cfg["eval"], EVAL)
     if "benchmarks" not in cfg["eval"]:
         raise UserError(f"{p}: missing required key 'eval.benchmarks'")
+    _check_values(p, cfg)
     return cfg
+
+
+def _number(v, whole: bool) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int if whole else (int, float))
+
+
+# OpenRLHF options that are counts: (minimum, whole number)
+_OPENRLHF_NUMBERS = {"gpus": 1, "nnodes": 1, "node_rank": 0, "master_port": 1, "epochs": 1, "batch_size": 1,
+                     "micro_batch": 1, "max_len": 1, "zero_stage": 0, "lora_rank": 0, "lora_alpha": 1}
+
+
+def _check_values(path: Path, cfg: dict) -> None:
+    """Types and ranges of the values a run needs, so a bad one stops every config before any runs."""
+    for key, ok, want in (("L", lambda v: _number(v, True) and v >= 1, "a whole number >= 1"),
+                          ("p", lambda v: _number(v, False) and 0 <= v <= 1, "a number in [0, 1]"),
+                          ("seed", lambda v: _number(v, True) and v >= 0, "a whole number >= 0")):
+        if not ok(cfg[key]):
+            raise UserError(f"{path}: {key} must be {want}, got {cfg[key]!r}")
+    t = {k: v for k, v in cfg["train"].items() if k != "trainer"}
+    if cfg["train"].get("trainer", "local") == "local":
+        try:
+            TrainSettings(**t, seed=cfg["seed"]).check()
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        return
+    if "lr" in t and not (_number(t["lr"], False) and t["lr"] > 0):
+        raise UserError(f"{path}: train.lr must be a positive number, got {t['lr']!r}")
+    for key, low in _OPENRLHF_NUMBERS.items():
+        if key in t and not (_number(t[key], True) and t[key] >= low):
+            raise UserError(f"{path}: train.{key} must be a whole number >= {low}, got {t[key]!r}")
 
 
 def default_label(cfg: dict) -> str:

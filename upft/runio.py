@@ -41,21 +41,29 @@ def cli(main: Callable[[list[str] | None], Any]) -> None:
         sys.exit(2)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file; a torn last line (from a killed writer) is dropped."""
+def read_jsonl(path: str | Path, torn_tail_ok: bool = False) -> list[dict]:
+    """Read a JSONL file of objects; a line that is not one is an error naming the file and line.
+
+    ``torn_tail_ok``: a last line without its newline that does not parse is dropped (what a killed
+    writer of our own ``.partial`` files leaves); everywhere else it is an error, never lost data.
+    """
     path = Path(path)
-    rows = []
     with path.open(encoding="utf-8") as f:
-        lines = f.read().split("\n")
+        text = f.read()
+    lines = text.split("\n")
+    rows = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # only the final line may be torn
+            if torn_tail_ok and i == len(lines) - 1:  # the text does not end in a newline
                 break
-            raise UserError(f"{path}: line {i + 1} is not valid JSON")
+            raise UserError(f"{path}: line {i + 1} is not valid JSON") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {i + 1} is not a JSON object")
+        rows.append(row)
     return rows
 
 
@@ -99,7 +107,7 @@ class JsonlAppender:
     def done_rows(self) -> list[dict]:
         if not self.partial.exists():
             return []
-        rows = read_jsonl(self.partial)
+        rows = read_jsonl(self.partial, torn_tail_ok=True)
         # rewrite without a torn tail so appends start on a clean line
         self.partial.write_text("".join(_dump(r) for r in rows), encoding="utf-8")
         return rows
@@ -155,20 +163,50 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def read_config(path: str | Path) -> dict:
-    """A YAML config; ``defaults: file`` (or a list) merges shared files first, the file's own keys last."""
+def yaml_loader():
+    """PyYAML's safe loader, reading numbers in any notation as numbers: YAML 1.1 takes '1e-5'
+    (no dot) for a string, so ``lr: 1e-5`` failed only after sampling and prep had run."""
+    import re
+
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\d[\d_]*)?\.?\d*[eE][-+]?\d+$"), list("-+0123456789."))
+    return Loader
+
+
+def load_yaml(text: str, where: str):
+    """Parse YAML text; a syntax error is one line naming the file."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+
+
+def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config; ``defaults: file`` (or a list) merges shared files first, the file's own keys last."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config not found: {path}")
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if path.resolve() in _seen:
+        raise UserError(f"{path}: 'defaults' loops back to itself ({' -> '.join(p.name for p in _seen)})")
+    cfg = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: a config is a mapping of keys to values")
     parents = cfg.pop("defaults", [])
+    if not isinstance(parents, (str, list)):
+        raise UserError(f"{path}: 'defaults' is a file name or a list of them")
     merged: dict = {}
     for parent in [parents] if isinstance(parents, str) else parents:
-        merged = _merge(merged, read_config(path.parent / parent))
+        merged = _merge(merged, read_config(path.parent / str(parent), (*_seen, path.resolve())))
     return _merge(merged, cfg)
 
 

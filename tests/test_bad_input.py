@@ -1,0 +1,106 @@
+"""Bad input is one clear error naming what is wrong, before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import MODEL, run_cli
+from upft.data import load_questions
+from upft.experiment import load_config
+from upft.runio import JsonlAppender, UserError, read_config, read_jsonl
+
+TRAIN_Q = "data/demo/gsm8k/train.jsonl"
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"question": "a"}\n{"question": "b"', "line 2 is not valid JSON"),  # torn last line: not dropped
+    ('{"question": "a"}\ngarbage\n{"question": "b"}', "line 2 is not valid JSON"),
+    ('{"question": "a"}\n[1, 2]\n', "line 2 is not a JSON object"),
+    ('"just a string"\n', "line 1 is not a JSON object"),
+])
+def test_malformed_jsonl_names_file_and_line(tmp_path, content, match):
+    path = tmp_path / "q.jsonl"
+    path.write_text(content)
+    with pytest.raises(UserError, match=match):
+        read_jsonl(path)
+
+
+def test_only_our_own_partial_files_may_end_torn(tmp_path):
+    w = JsonlAppender(tmp_path / "rows.jsonl")
+    w.append([{"a": 1}, {"a": 2}])
+    with w.partial.open("a") as f:
+        f.write('{"a": 3')  # a writer killed mid-line
+    assert w.done_rows() == [{"a": 1}, {"a": 2}]
+
+
+@pytest.mark.parametrize("question", [42, None, ["a", "b"], "   "])
+def test_a_question_that_is_not_text_is_an_error(tmp_path, question):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question": "fine"}) + "\n" + json.dumps({"question": question}) + "\n")
+    with pytest.raises(UserError, match="row 2: 'question' is not a non-empty string"):
+        load_questions(str(path))
+
+
+@pytest.mark.parametrize("content, match", [("5", "holds a list of rows"), ("{not json", "not valid JSON")])
+def test_a_json_question_file_must_hold_rows(tmp_path, content, match):
+    path = tmp_path / "q.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=match):
+        load_questions(str(path))
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_limits_below_one_are_refused_not_read_as_all_or_from_the_end(limit):
+    with pytest.raises(UserError, match="limit must be at least 1"):
+        load_questions(TRAIN_Q, limit=limit)
+
+
+def _cfg(tmp_path, text: str, name: str = "c.yaml") -> str:
+    (tmp_path / name).write_text(text)
+    return str(tmp_path / name)
+
+
+BASE = "model: m\nmethod: upft\nquestions: {source: q.jsonl}\neval: {benchmarks: [gsm8k]}\n"
+
+
+def test_yaml_numbers_in_any_notation_are_numbers(tmp_path):
+    cfg = load_config(_cfg(tmp_path, BASE + "train: {lr: 1e-5, warmup_ratio: 3E-2}\n"))
+    assert cfg["train"]["lr"] == 1e-5 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["train"]["warmup_ratio"] == 0.03
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("L: abc\n", "L must be a whole number >= 1"),
+    ("L: 0\n", "L must be a whole number >= 1"),
+    ("p: 1.5\n", r"p must be a number in \[0, 1\]"),
+    ("train: {lr: fast}\n", "train.lr must be float"),
+    ("train: {lr: 0}\n", "lr and epochs must be positive"),
+    ("train: {micro_batch: 0}\n", "at least 1"),
+    ("train: {trainer: openrlhf, lr: fast}\n", "train.lr must be a positive number"),
+    ("train: {trainer: openrlhf, gpus: 0}\n", "train.gpus must be a whole number >= 1"),
+])
+def test_config_values_are_checked_up_front(tmp_path, extra, match):
+    with pytest.raises(UserError, match=match):
+        load_config(_cfg(tmp_path, BASE + extra))
+
+
+def test_yaml_errors_cycles_and_bad_overrides_are_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"c.yaml: not valid YAML \(line 2\)"):
+        read_config(_cfg(tmp_path, "model: m\n  bad: [\n"))
+    _cfg(tmp_path, "defaults: b.yaml\n", "a.yaml")
+    _cfg(tmp_path, "defaults: a.yaml\n", "b.yaml")
+    with pytest.raises(UserError, match="loops back to itself"):
+        read_config(tmp_path / "a.yaml")
+    with pytest.raises(UserError, match="'L' is not a section"):
+        load_config(_cfg(tmp_path, BASE + "L: 8\n"), ["L.x=1"])
+
+
+def test_a_bad_second_config_stops_the_run_before_the_first_starts(tmp_path):
+    good = _cfg(tmp_path, BASE.replace("m\n", f"{MODEL}\n", 1), "good.yaml")
+    bad = _cfg(tmp_path, BASE + "p: 1.5\n", "bad.yaml")
+    r = run_cli("upft/experiment.py", good, bad, "--runs-dir", str(tmp_path / "runs"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "bad.yaml" in lines[0] and "p must be" in lines[0]
+    assert not (tmp_path / "runs").exists()
