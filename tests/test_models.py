@@ -40,3 +40,31 @@ def test_model_specs(tmp_path):
         with pytest.raises(UserError):
             resolve_model(spec)
     assert set(EMBEDDED) >= {"smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct"}
+
+
+def test_two_first_time_conversions_at_once_do_not_collide(tmp_path, model_path):
+    """Two processes converting the same GGUF into an empty cache (two runs, or tests beside a demo)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from upft.models import cache_dir
+
+    gguf = cache_dir() / "gguf" / "smollm2-135m-instruct.gguf"
+    env = {**os.environ, "UPFT_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-c", "import sys; from upft.models import resolve_model; print(resolve_model(sys.argv[1]))",
+           str(gguf)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    folders = {o.strip().splitlines()[-1] for o, _ in outs}
+    assert len(folders) == 1 and (Path(folders.pop()) / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache" / "hf").iterdir()) == [f"smollm2-135m-instruct-{_sha12(gguf)}"]
+
+
+def _sha12(path) -> str:
+    from upft.runio import sha256_file
+
+    return sha256_file(path)[:12]

