@@ -28,12 +28,15 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--keep-truncated", action="store_true",
                     help="keep full draws cut at the token limit (left out by default: trained with an "
                          "end-of-turn they teach the model to stop mid-reasoning)")
+    ap.add_argument("--allow-unparsed-gold", action="store_true",
+                    help="rft/label_filter: go on when some reference answers cannot be parsed (their questions drop)")
     ap.add_argument("--model", help="tokenizer source (default: the model the samples came from)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
     run_prep(a.samples, a.out, method=a.method, L=a.L, p=a.p, suffix=not a.no_suffix, seed=a.seed,
-             model=a.model, keep_truncated=a.keep_truncated, force=a.force)
+             model=a.model, keep_truncated=a.keep_truncated,
+             allow_unparsed_gold=a.allow_unparsed_gold, force=a.force)
 
 
 if __name__ == "__main__":

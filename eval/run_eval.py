@@ -25,13 +25,15 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--shuffle-seed", type=int, default=0, help="seed of the GPQA option order")
     ap.add_argument("--judge", help="judge model for gpqa_open (the paper's protocol); without it, rule only. "
                     "With --backend vllm both engines share the GPUs: pass --gpu-memory-utilization 0.45")
+    ap.add_argument("--allow-unparsed-gold", action="store_true",
+                    help="grade questions whose gold answer cannot be parsed (always wrong) instead of refusing")
     ap.add_argument("--label", help="name of this model in the results table")
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
     s = EvalSettings(max_new_tokens=a.max_new_tokens, max_new_tokens_by=parse_limits(a.max_new_tokens_for), n=a.n,
                      temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, limit=a.limit,
-                     shuffle_seed=a.shuffle_seed)
+                     shuffle_seed=a.shuffle_seed, allow_unparsed_gold=a.allow_unparsed_gold)
     summary = run_eval(a.model, a.out, [b for b in a.benchmarks.split(",") if b], s, data_dir=a.data_dir,
                        prompt_style=a.prompt_style, backend=a.backend,
                        label=a.label, judge=a.judge, force=a.force, **backend_options(a))

@@ -104,3 +104,31 @@ def test_a_bad_second_config_stops_the_run_before_the_first_starts(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "bad.yaml" in lines[0] and "p must be" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_benchmark_with_unreadable_golds_is_refused_before_anything_runs(tmp_path):
+    """An empty gold would make every answer wrong: 0% with exit 0 once hid such a data bug."""
+    (tmp_path / "mirror" / "gsm8k").mkdir(parents=True)
+    rows = [{"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = 7\n#### 7"},
+            {"question": "How many pens are in 5 boxes of 12?", "answer": "12 * 5 = 60\n#### "}]
+    (tmp_path / "mirror" / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = run_cli("eval/run_eval.py", "--model", MODEL, "--benchmarks", "gsm8k", "--data-dir", str(tmp_path / "mirror"),
+                "--out", str(tmp_path / "eval"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1
+    assert "gsm8k: 1 of 2 gold answers cannot be parsed (first: question 1, '')" in lines[0]
+    assert "--allow-unparsed-gold" in lines[0] and not (tmp_path / "eval").exists()
+
+
+def test_rft_refuses_unreadable_reference_answers_unless_allowed(tmp_path, tok):
+    from test_prefix import fake_sample
+    from upft.stages import run_prep
+
+    samples = [{**fake_sample(tok, i, "The answer is \\boxed{7}", "full"), "answer": a} for i, a in enumerate(["7", ""])]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    with pytest.raises(UserError, match="1 of 2 samples have a reference answer math-verify cannot parse"):
+        run_prep(str(tmp_path / "s"), str(tmp_path / "prep"), method="rft", model=MODEL)
+    assert not (tmp_path / "prep").exists()
+    run_prep(str(tmp_path / "s"), str(tmp_path / "prep"), method="rft", model=MODEL, allow_unparsed_gold=True)
+    assert json.loads((tmp_path / "prep" / "stats.json").read_text())["n_rows"] == 1

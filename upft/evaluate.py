@@ -15,7 +15,7 @@ from pathlib import Path
 
 from upft.data import BENCHMARKS, Question, load_benchmark
 from upft.generation import GenRequest, request_seed
-from upft.grading import Grader
+from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge, judge_rows
 from upft.prompts import messages, render
 from upft.runio import JsonlAppender, UserError, environment, write_json, write_jsonl, write_text
@@ -34,6 +34,7 @@ class EvalSettings:
     style: str = "boxed"
     grade_timeout_s: float = 10.0
     shuffle_seed: int = 0  # GPQA option order; fixed apart from --seed so all models see the same order
+    allow_unparsed_gold: bool = False  # grade questions whose gold math-verify cannot read (always wrong)
 
     def budget(self, benchmark: str) -> int:
         return self.max_new_tokens_by.get(benchmark, self.max_new_tokens)
@@ -94,10 +95,24 @@ def summarise(rows: list[dict], n: int) -> dict:
     return out
 
 
+def check_golds(name: str, questions: list[Question], allow: bool) -> int:
+    """Refuse (unless allowed) a benchmark whose gold answers math-verify cannot read; returns their count."""
+    if BENCHMARKS[name].kind != "math":  # letters, and free-form answers a judge reads
+        return 0
+    unparsed = unparsable_golds([q.answer for q in questions])
+    if unparsed and not allow:
+        q = questions[unparsed[0]]
+        raise UserError(f"{name}: {len(unparsed)} of {len(questions)} gold answers cannot be parsed "
+                        f"(first: question {q.id}, {q.answer!r}); every answer to them would count as wrong. "
+                        "Fix the data, or pass --allow-unparsed-gold to grade them anyway")
+    return len(unparsed)
+
+
 def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSettings,
                        data_dir: str | None = None, judge: Judge | None = None) -> dict:
     bench = BENCHMARKS[name]
     questions = load_benchmark(name, data_dir, s.limit, s.shuffle_seed)
+    unparsed = check_golds(name, questions, s.allow_unparsed_gold)
     writer = JsonlAppender(out_dir / f"{name}.jsonl")
     rows = writer.done_rows()
     done = {(r["id"], r["sample_index"]) for r in rows}
@@ -131,7 +146,8 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
     if bench.kind == "open":
         graded = _judge_open(rows, questions, judge, writer)
     writer.finish()
-    summary = {"benchmark": name, **summarise(rows, s.n), **graded, "max_new_tokens": s.budget(name),
+    summary = {"benchmark": name, **summarise(rows, s.n), **graded, "n_unparsed_gold": unparsed,
+               "max_new_tokens": s.budget(name),
                "style": s.style, "wall_s": wall, "grade_s": grade_s,
                # generated tokens per second of generation (wall time minus grading)
                "tokens_per_s": new_tokens / (wall - grade_s) if new_tokens else None}

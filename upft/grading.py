@@ -91,6 +91,20 @@ def _normalise(text: str) -> str:
     return _PLAIN_THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text)
 
 
+def _parse_gold(gold: str) -> list:
+    gold = _normalise(gold)
+    # A bare gold ('72', '\frac{1}{2}') has no delimiters; wrapping it in '$' makes LaTeX extraction
+    # take the whole string instead of hunting for an answer inside it.
+    wrapped = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"
+    return parse(wrapped, _GOLD_CONFIG)
+
+
+def unparsable_golds(golds: Sequence[str | None]) -> list[int]:
+    """Indexes of gold answers math-verify cannot read. Every response to such a question would be
+    graded wrong, so callers refuse them up front (0% with exit 0 once hid a data bug)."""
+    return [i for i, g in enumerate(golds) if g is None or not str(g).strip() or not _parse_gold(str(g))]
+
+
 def grade_math(response: str, gold: str) -> dict[str, Any]:
     """Grade a free-form math response against a gold answer (a number or MATH-style LaTeX).
 
@@ -98,11 +112,7 @@ def grade_math(response: str, gold: str) -> dict[str, Any]:
     from the response, kept so that wrong answers can be inspected. Raises ValueError when the
     gold itself cannot be parsed: that is a data bug, and scoring it as wrong would hide it.
     """
-    gold = _normalise(gold)
-    # A bare gold ('72', '\frac{1}{2}') has no delimiters; wrapping it in '$' makes LaTeX extraction
-    # take the whole string instead of hunting for an answer inside it.
-    wrapped = gold if "$" in gold or "\\boxed" in gold else f"${gold}$"
-    gold_parsed = parse(wrapped, _GOLD_CONFIG)
+    gold_parsed = _parse_gold(gold)
     if not gold_parsed:
         raise ValueError(f"cannot parse gold answer {gold!r}")
     pred_parsed = parse(_final_statement(_TEXT_NUMBER.sub(r"\1", _normalise(response))), _PRED_CONFIG)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from upft import builders
 from upft.data import BENCHMARKS, load_benchmark, load_questions
-from upft.evaluate import EvalSettings, evaluate
+from upft.evaluate import EvalSettings, check_golds, evaluate
 from upft.generation import make_backend
-from upft.grading import Grader
+from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model, sampling_defaults
 from upft.prompts import style_for
@@ -121,7 +121,7 @@ def grade_samples(samples: list[dict]) -> list[bool]:
 
 def run_prep(samples: str, out: str, *, method: str = "upft", L: int | None = None, p: float = 0.1,
              suffix: bool = True, seed: int = 0, model: str | None = None, keep_truncated: bool = False,
-             force: bool = False) -> Path:
+             allow_unparsed_gold: bool = False, force: bool = False) -> Path:
     """Build a training set (``out/train.jsonl`` + ``out/stats.json``) from a samples file.
 
     L defaults to the L the prefixes were sampled with (the sample manifest records it; 32 for a
@@ -134,6 +134,12 @@ def run_prep(samples: str, out: str, *, method: str = "upft", L: int | None = No
     spath, rows = _stage_input(samples, "samples.jsonl")
     if method in ("rft", "label_filter") and any(s.get("answer") is None for s in rows):
         raise UserError(f"{method} needs reference answers: sample with --answer-field set")
+    if method in ("rft", "label_filter") and not allow_unparsed_gold:
+        bad = unparsable_golds([s["answer"] for s in rows])
+        if bad:
+            raise UserError(f"{len(bad)} of {len(rows)} samples have a reference answer math-verify cannot parse "
+                            f"(first: {rows[bad[0]]['answer']!r}); {method} would drop their questions. Fix the "
+                            "data, or pass --allow-unparsed-gold")
     man = spath.parent / "manifest.json"
     sampled = read_json(man)["settings"] if man.is_file() else {}
     prefixes_sampled = sampled.get("L") if sampled.get("mode") == "upft" else None
@@ -205,8 +211,8 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
 
     ``judge`` (a model spec) grades open-answer benchmarks (gpqa_open) as the paper did.
     """
-    for b in benchmarks:  # fail on a bad name or a missing mirror file before loading the model
-        load_benchmark(b, data_dir, 1)
+    for b in benchmarks:  # fail on a bad name, a missing mirror file or unreadable golds before anything runs
+        check_golds(b, load_benchmark(b, data_dir, settings.limit, settings.shuffle_seed), settings.allow_unparsed_gold)
     model_path = resolve_model(model)
     judge_path = resolve_model(judge) if judge else None
     settings.style = _model_style(model, model_path, prompt_style)
