@@ -21,9 +21,11 @@ module as ``__main__``. No OpenRLHF file is copied or edited:
 from __future__ import annotations
 
 import functools
-import math
 import runpy
 import sys
+
+from upft.health import check_finite
+from upft.runio import UserError
 
 LOSS_FLAG = "--upft.loss_avg"
 
@@ -56,11 +58,10 @@ def install(loss_avg: str) -> None:
 
     @functools.wraps(save)
     def checked(self, args, global_step, step_bar, logs_dict=None, client_states=None):
-        bad = {k: v for k, v in (logs_dict or {}).items() if isinstance(v, float) and not math.isfinite(v)}
-        if bad:
-            what = ", ".join(f"{k} {v}" for k, v in bad.items())
-            raise SystemExit(f"error: training diverged at optimizer step {global_step} ({what}); "
-                             "no model was written")
+        try:  # the same check as the local trainer's, reported as one error line from this process
+            check_finite(global_step, {k: v for k, v in (logs_dict or {}).items() if isinstance(v, float)})
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
         return save(self, args, global_step, step_bar, logs_dict, client_states)
 
     sft_trainer.SFTTrainer.save_logs_and_checkpoints = checked

@@ -81,11 +81,12 @@ def load_run(run_dir: str | Path) -> Run:
     ev = _read(run_dir, stage["eval"])
     if not isinstance(ev.get("benchmarks"), dict):
         raise UserError(f"{run_dir}: {stage['eval']} is not an eval summary (no 'benchmarks')")
-    if "train" in stage and not (_read(run_dir, stage["train"]).get("model_check") or {}).get("passed"):
+    manifests = {s: _read(run_dir, stage[s]) for s in ("sample", "train") if s in stage}
+    if "train" in manifests and not (manifests["train"].get("model_check") or {}).get("passed"):
         # a collapsed model ("!!!!", 0%) must never appear as a result (upft.health)
         raise UserError(f"{run_dir}: {stage['train']} records no passing model check; "
                         "retrain it (the trainers check every model they write)")
-    wall = {s: _read(run_dir, stage[s]).get("wall_s") if s in stage else None for s in ("sample", "train")}
+    wall = {s: manifests[s].get("wall_s") if s in manifests else None for s in ("sample", "train")}
     return Run(run_dir, meta["label"], meta["method"], meta.get("seed"), meta.get("L"), meta.get("p"),
                stage["eval"], ev, _read(run_dir, stage["prep"]) if "prep" in stage else None,
                sample_min=None if wall["sample"] is None else wall["sample"] / 60,

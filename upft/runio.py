@@ -9,6 +9,7 @@ no-op, and a folder that holds a different run is refused instead of silently mi
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -163,6 +164,7 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+@functools.cache
 def yaml_loader():
     """PyYAML's safe loader, reading numbers in any notation as numbers: YAML 1.1 takes '1e-5'
     (no dot) for a string, so ``lr: 1e-5`` failed only after sampling and prep had run."""

@@ -37,8 +37,7 @@ def _model_style(model: str, model_path: str, prompt_style: str) -> str:
     """The prompt style: the one asked for, else the one a tuned model was trained with (its
     training manifest records it, carried from sampling), else the paper's choice for the family
     named in ``model``. A folder name never overrides what the data recorded."""
-    man = Path(model_path) / "manifest.json"
-    recorded = read_json(man).get("settings", {}).get("style") if man.is_file() else None
+    recorded = recorded_style(Path(model_path))
     return style_for(model, prompt_style) if prompt_style != "auto" or not recorded else recorded
 
 

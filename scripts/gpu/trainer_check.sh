@@ -70,14 +70,6 @@ case "${1:-}" in
         && touch '$RUNS/logs/gpu$i.done' || echo 'chain $i failed' >> '$RUNS/failed'" < /dev/null > /dev/null 2>&1 &
     done ;;
   chain) chain "$2" ;;
-  one-gpu)  # what fits a short one-GPU lease: the NaN reproduction, then chain 0 up to its first eval
-    python -c "import sys; from upft.models import resolve_model; print(resolve_model(sys.argv[1]))" "$MODEL"
-    python scripts/gpu/attention_nan.py --model "$MODEL" --questions "$DATA/gsm8k/train.jsonl" \
-      --out "$RUNS/attention_nan.json" || true
-    python sample/generate.py --model "$MODEL" "${SAMPLE[@]}" --mode upft --L 32 --p 0.1 --out "$RUNS/sample-upft"
-    python data_prep/build.py --samples "$RUNS/sample-upft" --method upft --L 32 --out "$RUNS/prep-upft"
-    local_train local-upft-mb8 prep-upft 8
-    evaluate local-upft-mb8 ;;
   status)
     for i in 0 1 2 3; do
       s=running; [ -f "$RUNS/logs/gpu$i.done" ] && s=done
