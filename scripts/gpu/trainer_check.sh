@@ -6,9 +6,12 @@
 # start runs four chains in the background, one per GPU (CUDA_VISIBLE_DEVICES=i), logs in RUNS/logs:
 #   gpu0: sample UPFT (L=32, p=0.1) -> prep -> local trainer mb 8 -> eval -> local trainer mb 1 -> eval
 #   gpu1: sample full -> prep SFT -> local trainer mb 8 -> eval
-#   gpu2: base eval -> (UPFT set) OpenRLHF per-sample -> eval
+#   gpu2: base eval -> (UPFT set) OpenRLHF per-token -> eval -> OpenRLHF per-sample -> eval
 #   gpu3: the attention NaN reproduction (scripts/gpu/attention_nan.py) -> (SFT set) OpenRLHF per-sample -> eval
-# Every step skips itself when its output holds the same run, so start again after a crash.
+# Every step skips itself when its output holds the same run, so start again after a crash; another LR
+# (LR=1e-6 ... start) reuses the samples and training sets and names its runs NAME-lr1e-6.
+# A training the model check refuses (e.g. UPFT at lr 1e-5 stops early, see upft.health) is listed in
+# RUNS/refused and its chain goes on; trainer_check.py then reports the runs that exist.
 # Needs `python` on PATH (the package's convention). On a node that only has python3 in a venv, make a
 # wrapper, never a symlink (a symlink loses the venv, and writing a file through it overwrites the
 # interpreter): rm -f /root/bin/python; printf '#!/bin/sh\nexec python3 "$@"\n' > /root/bin/python
@@ -20,20 +23,26 @@ cd "$(dirname "$0")/../.."
 N_TRAIN=${N_TRAIN:-2000} LR=${LR:-1e-5}
 EVAL=(--benchmarks gsm8k --data-dir "${DATA:-}" --max-new-tokens 512 --batch-size 2048)
 SAMPLE=(--questions "${DATA:-}/gsm8k/train.jsonl" --answer-field answer --limit "$N_TRAIN" --max-new-tokens 512
-        --temperature 0.6 --batch-size 2048)
+        --temperature 0.6 --batch-size 512)  # 2048 prompts at once ran out of memory on an H100 (80 GB)
 TRAIN=(--lr "$LR" --epochs 1 --batch-size 64 --max-len 1024)
+SFX=$([ "$LR" = 1e-5 ] || echo "-lr$LR")
 
 wait_for() {  # a file another chain writes; give up after 20 minutes
   for _ in $(seq 240); do [ -f "$1" ] && return 0; sleep 5; done; echo "error: gave up waiting for $1" >&2; exit 1
 }
-evaluate() { python eval/run_eval.py --model "$RUNS/$1" "${EVAL[@]}" --label "$1" --out "$RUNS/eval-$1"; }
-local_train() {  # name data micro-batch
-  python train/train_local.py --data "$RUNS/$2" --model "$MODEL" --out "$RUNS/$1" "${TRAIN[@]}" --micro-batch "$3"
+evaluate() {  # name (skipped when its training was refused)
+  [ -d "$RUNS/$1$SFX" ] || return 0
+  python eval/run_eval.py --model "$RUNS/$1$SFX" "${EVAL[@]}" --label "$1$SFX" --out "$RUNS/eval-$1$SFX"
 }
-openrlhf_train() {  # name data master-port
+refused() { echo "$1$SFX" >> "$RUNS/refused"; }
+local_train() {  # name data micro-batch
+  python train/train_local.py --data "$RUNS/$2" --model "$MODEL" --out "$RUNS/$1$SFX" "${TRAIN[@]}" \
+    --micro-batch "$3" || refused "$1"
+}
+openrlhf_train() {  # name data master-port loss-avg
   PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
-    --data "$RUNS/$2" --model "$MODEL" --out "$RUNS/$1" "${TRAIN[@]}" --gpus 1 --micro-batch 8 \
-    --zero-stage 2 --no-adam-offload --attn sdpa --loss-avg sample --master-port "$3"
+    --data "$RUNS/$2" --model "$MODEL" --out "$RUNS/$1$SFX" "${TRAIN[@]}" --gpus 1 --micro-batch 8 \
+    --zero-stage 2 --no-adam-offload --attn sdpa --loss-avg "$4" --master-port "$3" || refused "$1"
 }
 
 chain() {  # one GPU's jobs, in order; set -e stops the chain at the first failure
@@ -50,12 +59,14 @@ chain() {  # one GPU's jobs, in order; set -e stops the chain at the first failu
        evaluate local-sft-mb8 ;;
     2) python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --label base --out "$RUNS/eval-base"
        wait_for "$RUNS/prep-upft/manifest.json"
-       openrlhf_train openrlhf-upft prep-upft 29510
+       openrlhf_train openrlhf-upft-token prep-upft 29510 token
+       evaluate openrlhf-upft-token
+       openrlhf_train openrlhf-upft prep-upft 29510 sample
        evaluate openrlhf-upft ;;
     3) python scripts/gpu/attention_nan.py --model "$MODEL" --questions "$DATA/gsm8k/train.jsonl" \
          --out "$RUNS/attention_nan.json" || true  # a diagnostic: its result is the file, not the status
        wait_for "$RUNS/prep-sft/manifest.json"
-       openrlhf_train openrlhf-sft prep-sft 29511
+       openrlhf_train openrlhf-sft prep-sft 29511 sample
        evaluate openrlhf-sft ;;
   esac
 }
@@ -63,7 +74,7 @@ chain() {  # one GPU's jobs, in order; set -e stops the chain at the first failu
 case "${1:-}" in
   start)
     : "${MODEL:?set MODEL}" "${DATA:?set DATA}"
-    mkdir -p "$RUNS/logs"; rm -f "$RUNS/failed"
+    mkdir -p "$RUNS/logs"; rm -f "$RUNS/failed" "$RUNS/refused"
     python -c "import sys; from upft.models import resolve_model; print(resolve_model(sys.argv[1]))" "$MODEL"
     for i in 0 1 2 3; do
       CUDA_VISIBLE_DEVICES=$i setsid bash -c "bash '$0' chain $i > '$RUNS/logs/gpu$i.log' 2>&1 \
@@ -75,6 +86,6 @@ case "${1:-}" in
       s=running; [ -f "$RUNS/logs/gpu$i.done" ] && s=done
       echo "gpu$i: $s: $(grep -a -E '^\[|error|Error|%' "$RUNS/logs/gpu$i.log" 2>/dev/null | tail -1 | cut -c1-150)"
     done
-    [ -f "$RUNS/failed" ] && cat "$RUNS/failed"; true ;;
+    cat "$RUNS/failed" "$RUNS/refused" 2>/dev/null; true ;;
   *) echo "error: usage: trainer_check.sh start|status" >&2; exit 2 ;;
 esac
