@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from upft.health import check_finite, check_model, degenerate
+from upft import health
+from upft.health import check_finite, check_model, degenerate, early_stop_limit, stops_early
 from upft.runio import UserError
 
 
@@ -44,3 +45,26 @@ def test_degenerate_answers_and_finite_steps():
     check_finite(3, {"loss": 0.5, "grad_norm": None})
     with pytest.raises(UserError, match="diverged at optimizer step 3 \\(grad_norm inf\\)"):
         check_finite(3, {"loss": 0.5, "grad_norm": float("inf")})
+
+
+def test_early_stop_rules():
+    """Only probes the base model answered past the limit count; all of them ending early is a collapse."""
+    assert early_stop_limit([{"kind": "prefix", "n_sampled_tokens": 32}, {"kind": "full", "n_sampled_tokens": 300},
+                             {"kind": "prefix", "n_sampled_tokens": 30}]) == 96
+    assert early_stop_limit([{"kind": "full", "n_sampled_tokens": 300}]) is None
+    assert stops_early([None, None], [34, 41], 96) == ("stops early: it ends its answers to 2 multi-step questions "
+                                                      "after 34, 41 tokens, where the base model writes more than 96")
+    assert stops_early([None, None], [34, None], 96) is None  # one answer still runs on
+    assert stops_early([50, None], [20, 41], 96) is not None  # the first probe says nothing
+    assert stops_early([50, 60], [20, 30], 96) is None  # nothing to judge
+
+
+def test_a_model_that_ends_where_the_base_ran_on_is_refused(model, tok, monkeypatch):
+    """The real model answers "7 + 5" in a few tokens; told that the base model ran past 40 on it,
+    the check must refuse the model, and pass it when the limit is below its answer's length."""
+    monkeypatch.setattr(health, "REASONING_PROBES", ("What is 7 + 5? Answer with a number.",))
+    with pytest.raises(UserError, match="stops early: it ends its answers to 1 multi-step questions after"):
+        check_model(model, tok, early=([None], 40))
+    report = check_model(model, tok, early=([None], 1))
+    assert report["early_stop"] == {"probes": list(health.REASONING_PROBES), "limit": 1,
+                                    "base_lengths": [None], "lengths": [None]}

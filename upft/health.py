@@ -6,6 +6,13 @@ nothing noticed. Both trainers therefore stop on the first non-finite loss or gr
 written: all weights finite, and a greedy answer to each of a few fixed prompts that is
 neither empty nor one token repeated. The result goes into the training manifest, and the
 report refuses a run whose model has no passing check.
+
+A model tuned on prefixes can also collapse without any NaN: on an H100, Qwen2.5-Coder-1.5B
+tuned with UPFT (L=32, per-sample loss) at lr 1e-5 learned the prefixes' end-of-turn as the end
+of every answer and stopped after about 40 tokens on GSM8K (2% where the base model scores 61%;
+results/gpu/trainer_check.json). So when the training set holds prefixes, the check also asks a
+few multi-step questions before and after training (``answer_lengths``) and refuses a model that
+ends every answer within 3 x L tokens where the base model wrote more (``stops_early``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,14 @@ PROBES = (
     "Write one short sentence about the sea.",
 )
 PROBE_TOKENS = 24  # enough to see a collapse ("!!!!...") and cheap on a CPU
+# Multi-step questions: a working instruct model answers each with several sentences.
+REASONING_PROBES = (
+    "A shop sells pens for 3 dollars each. Tom buys 4 pens and pays with a 20-dollar bill. "
+    "How much change does he get? Think step by step.",
+    "A train travels at 60 km per hour for 2 hours, then at 40 km per hour for 3 hours. "
+    "How far does it travel in total? Think step by step.",
+)
+EARLY_STOP_FACTOR = 3  # an answer that ends within 3 x L tokens, where the base model's ran on, stopped early
 REPEAT_RUN = 8  # this many copies of one token in a row, and nothing else, is a collapse
 
 
@@ -52,38 +67,83 @@ def nonfinite_weights(model) -> list[str]:
     return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
 
 
-def check_model(model, tokenizer) -> dict:
-    """Raise unless the weights are finite and every probe gets a usable greedy answer.
-
-    Returns what was checked (for the manifest): the probes and the answers given.
-    """
+def greedy(model, tokenizer, question: str, max_new_tokens: int) -> tuple[list[int], bool]:
+    """The model's greedy answer to ``question`` (plain prompt, chat template) as token ids without
+    the end-of-turn, and whether it ended by itself before ``max_new_tokens``."""
     import torch
 
     from upft.models import end_of_turn_id, plain_generation_config
     from upft.prompts import messages, render
 
+    stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
+    _, ids = render(tokenizer, messages(question, "plain"))
+    prompt = torch.tensor([ids], device=model.device)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), plain_generation_config(model):
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                             max_new_tokens=max_new_tokens, eos_token_id=stop,
+                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+    model.train(was_training)
+    new = out[0, len(ids):].tolist()
+    cut = next((i for i, t in enumerate(new) if t in stop), None)
+    return (new, False) if cut is None else (new[:cut], True)
+
+
+def early_stop_limit(rows: list[dict]) -> int | None:
+    """3 x the longest prefix row's sampled length, or None for a set without prefix rows
+    (only prefixes teach a model to end an answer early)."""
+    lengths = [r.get("n_sampled_tokens", 0) for r in rows if r.get("kind") == "prefix"]
+    return EARLY_STOP_FACTOR * max(lengths) if lengths else None
+
+
+def answer_lengths(model, tokenizer, limit: int) -> list[int | None]:
+    """Token lengths of the greedy answers to ``REASONING_PROBES``; None where an answer ran past ``limit``."""
+    lengths = []
+    for question in REASONING_PROBES:
+        ids, ended = greedy(model, tokenizer, question, limit)
+        lengths.append(len(ids) if ended else None)
+    return lengths
+
+
+def stops_early(base: list[int | None], tuned: list[int | None], limit: int) -> str | None:
+    """Why the tuned model counts as stopping early, else None: on every probe the base model
+    answered past ``limit``, the tuned model ended within it. Probes the base model itself
+    answered briefly say nothing and are skipped; with none left there is nothing to judge."""
+    judged = [t for b, t in zip(base, tuned) if b is None]
+    if judged and all(t is not None for t in judged):
+        return (f"stops early: it ends its answers to {len(judged)} multi-step questions after "
+                f"{', '.join(map(str, judged))} tokens, where the base model writes more than {limit}")
+    return None
+
+
+def check_model(model, tokenizer, early: tuple[list[int | None], int] | None = None) -> dict:
+    """Raise unless the weights are finite and every probe gets a usable greedy answer; with
+    ``early`` (the base model's ``answer_lengths`` and their limit), also unless the model still
+    answers multi-step questions past the limit where the base model did.
+
+    Returns what was checked (for the manifest): the probes and the answers given.
+    """
     bad = nonfinite_weights(model)
     if bad:
         raise UserError(f"the trained model has non-finite weights in {len(bad)} tensors "
                         f"(first: {bad[0]}); no model was written")
-    stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
     answers = []
-    was_training = model.training
-    model.eval()
     for probe in PROBES:
-        _, ids = render(tokenizer, messages(probe, "plain"))
-        prompt = torch.tensor([ids], device=model.device)
-        with torch.inference_mode(), plain_generation_config(model):
-            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                 max_new_tokens=PROBE_TOKENS, eos_token_id=stop,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-        new = out[0, len(ids):].tolist()
-        cut = next((i for i, t in enumerate(new) if t in stop), len(new))
-        answer = new[:cut]
+        answer, _ = greedy(model, tokenizer, probe, PROBE_TOKENS)
         why = degenerate(answer)
         if why:
             raise UserError(f"the trained model has collapsed: asked {probe!r}, it gives {why}; "
                             "no model was written")
         answers.append(tokenizer.decode(answer))
-    model.train(was_training)
-    return {"passed": True, "probes": list(PROBES), "answers": answers}
+    report = {"passed": True, "probes": list(PROBES), "answers": answers}
+    if early is not None:
+        base_lengths, limit = early
+        lengths = answer_lengths(model, tokenizer, limit)
+        why = stops_early(base_lengths, lengths, limit)
+        if why:
+            raise UserError(f"the trained model {why}: it learned the prefixes' end-of-turn as the end of an "
+                            "answer; lower lr (the paper uses 1e-6); no model was written")
+        report["early_stop"] = {"probes": list(REASONING_PROBES), "limit": limit,
+                                "base_lengths": base_lengths, "lengths": lengths}
+    return report

@@ -187,12 +187,16 @@ def loss_curve(tb_dir: str) -> list[dict]:
     return [points[k] for k in sorted(points)]
 
 
-def accept_model(path: Path) -> dict:
-    """Load the saved model (on a GPU when there is one) and run the health check on it."""
-    from upft.health import check_model
+def accept_model(path: Path, base: str, rows: list[dict]) -> dict:
+    """Load the saved model (on a GPU when there is one) and run the health check on it; for a set
+    with prefix rows, first measure the base model's answer lengths (see ``upft.health``)."""
+    from upft.health import answer_lengths, check_model, early_stop_limit
     from upft.models import load_model, load_tokenizer
 
-    return check_model(load_model(str(path)), load_tokenizer(str(path)))
+    early, limit = None, early_stop_limit(rows)
+    if limit:
+        early = (answer_lengths(load_model(base), load_tokenizer(base), limit), limit)
+    return check_model(load_model(str(path)), load_tokenizer(str(path)), early)
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -240,7 +244,7 @@ def main(argv: list[str] | None) -> None:
             return
         wall = time.time() - t0
         curve = loss_curve(tensorboard_dir(a))
-        health = accept_model(tmp)
+        health = accept_model(tmp, a.model, read_jsonl(data_file(a)))
     except UserError as e:
         failed = Path(f"{out}.failed.log")
         if (tmp / "openrlhf.log").exists():
@@ -256,5 +260,10 @@ def main(argv: list[str] | None) -> None:
     release_stage(out)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-train-openrlhf``)."""
     cli(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from upft.health import check_finite, check_model
+from upft.health import answer_lengths, check_finite, check_model, early_stop_limit
 from upft.runio import UserError, read_json, release_stage, write_json, write_jsonl, write_manifest
 
 
@@ -218,6 +218,8 @@ def train(rows: list[dict], model_path: str, out_dir: str, settings: TrainSettin
 
     cuda = device.startswith("cuda")
     model = load_model(model_path, device, dtype="float32")  # fp32 master weights; bf16 autocast on CUDA
+    limit = early_stop_limit(rows)  # prefix rows can teach the model to stop early: measure the base first
+    early = (answer_lengths(model, tokenizer, limit), limit) if limit else None
     if settings.lora_rank:
         from peft import LoraConfig, get_peft_model
 
@@ -275,7 +277,7 @@ def train(rows: list[dict], model_path: str, out_dir: str, settings: TrainSettin
     if settings.lora_rank:
         model = model.merge_and_unload()
     try:
-        health = check_model(model, tokenizer)
+        health = check_model(model, tokenizer, early)
     except UserError:
         shutil.rmtree(tmp)
         raise
