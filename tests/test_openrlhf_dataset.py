@@ -15,14 +15,10 @@ from upft.models import end_of_turn_id
 openrlhf_datasets = pytest.importorskip("openrlhf.datasets")
 
 
-@pytest.mark.parametrize("L", [3, 8, 32])
-def test_loss_tokens_are_exactly_ours(tok, L):
+def openrlhf_trained(tok, rows: list[dict]) -> list[list[int]]:
+    """The ids OpenRLHF's real SFT dataset puts under its loss for each of our rows."""
     from datasets import Dataset
 
-    eot = end_of_turn_id(tok)
-    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(RESPONSES)]
-    rows, dropped = build_upft(samples, tok, eot, L)
-    assert dropped == 0
     data = SimpleNamespace(input_key="prompt", output_key="response", apply_chat_template=True,
                            tokenizer_chat_template=None)
     strategy = SimpleNamespace(args=SimpleNamespace(data=data))
@@ -30,16 +26,45 @@ def test_loss_tokens_are_exactly_ours(tok, L):
                                                          for r in rows]),
                                       tok, 512, strategy, input_template=None, num_processors=1)
     assert len(ds) == len(rows)
+    out = []
     for i, r in enumerate(rows):
         input_ids, _, loss_mask = ds[i]
         ids, mask = input_ids[0].tolist(), loss_mask[0].tolist()
-        # OpenRLHF trains log p(ids[t+1] | ids[:t+1]) where loss_mask[t] == 1 (it shifts by one)
-        trained = [ids[t + 1] for t in range(len(ids) - 1) if mask[t]]
-        assert trained == r["target_ids"], (r["kind"], tok.decode(trained), tok.decode(r["target_ids"]))
         assert ids[:len(r["prompt_ids"])] == r["prompt_ids"]
+        # OpenRLHF trains log p(ids[t+1] | ids[:t+1]) where loss_mask[t] == 1 (it shifts by one)
+        out.append([ids[t + 1] for t in range(len(ids) - 1) if mask[t]])
+    return out
+
+
+@pytest.mark.parametrize("L", [3, 8, 32])
+def test_loss_tokens_are_exactly_ours(tok, L):
+    eot = end_of_turn_id(tok)
+    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(RESPONSES)]
+    rows, dropped = build_upft(samples, tok, eot, L)
+    assert dropped == 0
+    for r, trained in zip(rows, openrlhf_trained(tok, rows)):
+        assert trained == r["target_ids"], (r["kind"], tok.decode(trained), tok.decode(r["target_ids"]))
     kinds = [r["kind"] for r in rows]
     assert kinds == ["full", "prefix", "prefix"]
     assert rows[0]["target_ids"] == samples[0]["response_ids"] + [eot]
+
+
+def test_an_eos_unlike_the_end_of_turn_is_not_trained_twice(model_path):
+    """A tokenizer whose eos is not its end-of-turn token (as a Qwen2.5 base tokenizer's): OpenRLHF
+    alone trains "<|im_end|> <|endoftext|>" at every row's end; with our guard, exactly our ids."""
+    from upft.models import load_tokenizer
+    from upft.openrlhf_sft import one_end_per_row
+
+    tok = load_tokenizer(model_path)
+    tok.eos_token = "<|endoftext|>"
+    eot = end_of_turn_id(tok)
+    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(RESPONSES)]
+    rows, _ = build_upft(samples, tok, eot, 8)
+    doubled = openrlhf_trained(tok, rows)
+    assert all(t[:len(r["target_ids"])] == r["target_ids"] and tok.decode(t[len(r["target_ids"]):]) == " <|endoftext|>"
+               for r, t in zip(rows, doubled))
+    assert openrlhf_trained(one_end_per_row(tok), rows) == [r["target_ids"] for r in rows]
+    assert tok.eos_token == "<|im_end|>"
 
 
 @pytest.fixture
@@ -57,6 +82,9 @@ def openrlhf_sft(monkeypatch):
     monkeypatch.setattr(sft_trainer, "SFTLoss", sft_trainer.SFTLoss)
     monkeypatch.setattr(sft_trainer.SFTTrainer, "save_logs_and_checkpoints",
                         sft_trainer.SFTTrainer.save_logs_and_checkpoints)
+    import openrlhf.utils
+
+    monkeypatch.setattr(openrlhf.utils, "get_tokenizer", openrlhf.utils.get_tokenizer)
     cudnn = torch.backends.cuda.cudnn_sdp_enabled()
     yield sft_trainer
     torch.backends.cuda.enable_cudnn_sdp(cudnn)
@@ -110,3 +138,42 @@ def test_openrlhf_stops_on_a_non_finite_step(openrlhf_sft):
     install("sample")
     with pytest.raises(SystemExit, match="error: training diverged at optimizer step 7 \\(grad_norm nan\\)"):
         openrlhf_sft.SFTTrainer.save_logs_and_checkpoints(None, None, 7, None, {"gpt_loss": 0.5, "grad_norm": float("nan")})
+
+
+def test_openrlhf_loads_its_tokenizer_with_one_end_per_row(openrlhf_sft, model_path, monkeypatch):
+    """install() reaches the tokenizer OpenRLHF's train_sft builds (through openrlhf.utils.get_tokenizer)."""
+    import openrlhf.utils
+    from transformers import AutoTokenizer
+
+    from upft.openrlhf_sft import install
+
+    plain = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        lambda *a, **k: setattr(t := plain(*a, **k), "eos_token", "<|endoftext|>") or t)
+    install("sample")
+    tok = openrlhf.utils.get_tokenizer(model_path, None)
+    assert tok.eos_token == "<|im_end|>"
+
+
+THINK_TEMPLATE = (  # DeepSeek-R1-Distill's habit: "<think>\n" in the generation prompt only
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+
+
+def test_a_template_that_adds_think_to_the_generation_prompt_keeps_token_exact_rows(model_path):
+    """The sampled answer continues "...assistant\\n<think>\\n"; a finished turn renders without it.
+    Prefix and full rows must still train exactly the sampled ids after the sampling prompt, in
+    both trainers (our ids; OpenRLHF's loss mask), and no row may be dropped."""
+    from upft.models import load_tokenizer
+
+    tok = load_tokenizer(model_path)
+    tok.chat_template = THINK_TEMPLATE
+    eot = end_of_turn_id(tok)
+    texts = ["Let me see. 3 boxes * 4 = 12 apples.\n</think>\nThe answer is \\boxed{12}.", *RESPONSES[:2]]
+    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(texts)]
+    assert all(s["prompt"].endswith("<|im_start|>assistant\n<think>\n") for s in samples)
+    rows, dropped = build_upft(samples, tok, eot, 6)
+    assert dropped == 0 and [r["kind"] for r in rows] == ["full", "prefix", "prefix"]
+    assert rows[0]["target_ids"] == samples[0]["response_ids"] + [eot]
+    assert all(r["target_ids"] == s["response_ids"][:6] + [eot] for r, s in zip(rows[1:], samples[1:]))
+    assert openrlhf_trained(tok, rows) == [r["target_ids"] for r in rows]

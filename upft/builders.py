@@ -12,22 +12,34 @@ ids the model sampled; OpenRLHF then trains exactly those tokens.
 
 from __future__ import annotations
 
+import os
 import random
 
-from upft.generation import request_seed
+from upft.draws import request_seed
 from upft.prompts import UPFT_SUFFIX, render
 from upft.runio import UserError
-from upft.sampling import choose_full
+from upft.draws import choose_full
 
 METHODS = ("upft", "sft", "rft", "label_filter")  # training-set builders
 
 
-def encode_turn(tokenizer, msgs: list[dict], prompt_ids: list[int], text: str, eot_id: int) -> list[int] | None:
-    """The ids trained when ``text`` is the assistant turn after ``msgs``: what OpenRLHF's SFT dataset
+def turn_content(tokenizer, msgs: list[dict], prompt_text: str, text: str) -> str:
+    """The assistant message whose rendering continues the sampling prompt with ``text``. Most
+    templates render a finished turn as the generation prompt plus the answer; some add text to
+    the generation prompt only (DeepSeek-R1-Distill's ``<think>\n``), which the message must then
+    hold itself, or the trained row would not continue the prompt the model was sampled with."""
+    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": text}], tokenize=False)
+    if full.startswith(prompt_text):
+        return text
+    return prompt_text[len(os.path.commonprefix([full, prompt_text])):] + text
+
+
+def encode_turn(tokenizer, msgs: list[dict], prompt_ids: list[int], content: str, eot_id: int) -> list[int] | None:
+    """The ids trained when ``content`` is the assistant turn after ``msgs``: what OpenRLHF's SFT dataset
     tokenises (chat template over prompt + answer, trailing newlines stripped, no special tokens
     added), minus the prompt, through the end-of-turn token. Both trainers train exactly these ids.
     None when the template does not render the prompt as sampled or ends no turn."""
-    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": text}], tokenize=False)
+    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": content}], tokenize=False)
     ids = tokenizer(full.rstrip("\n"), add_special_tokens=False).input_ids
     if ids[:len(prompt_ids)] != prompt_ids or eot_id not in ids[len(prompt_ids):]:
         return None
@@ -44,14 +56,14 @@ def whole_chars(tokenizer, ids: list[int], k: int) -> int:
 
 
 def _row(sample: dict, kind: str, msgs: list[dict], prompt_text: str, prompt_ids: list[int], n_sampled: int,
-         text: str, target_ids: list[int], shortened: bool = False) -> dict:
+         content: str, target_ids: list[int], shortened: bool = False) -> dict:
     return {
         "id": sample["id"],
         "sample_index": sample.get("sample_index", 0),
         "kind": kind,
         # OpenRLHF's keys (--data.input_key prompt --data.output_key response): both message lists
         "prompt": msgs,
-        "response": [{"role": "assistant", "content": text}],
+        "response": [{"role": "assistant", "content": content}],
         "prompt_text": prompt_text,
         "prompt_ids": prompt_ids,
         "target_ids": target_ids,
@@ -66,10 +78,11 @@ def full_row(sample: dict, tokenizer, eot_id: int) -> dict | None:
     """The whole sampled response under the sampling prompt (plain question), never shortened."""
     ids = sample["response_ids"]
     text = tokenizer.decode(ids, skip_special_tokens=False)
-    target = encode_turn(tokenizer, sample["messages"], sample["prompt_ids"], text, eot_id)
+    content = turn_content(tokenizer, sample["messages"], sample["prompt"], text)
+    target = encode_turn(tokenizer, sample["messages"], sample["prompt_ids"], content, eot_id)
     if target is None:
         return None
-    return _row(sample, "full", sample["messages"], sample["prompt"], sample["prompt_ids"], len(ids), text, target)
+    return _row(sample, "full", sample["messages"], sample["prompt"], sample["prompt_ids"], len(ids), content, target)
 
 
 def prefix_row(sample: dict, tokenizer, eot_id: int, L: int, suffix: bool = True) -> dict | None:
@@ -82,10 +95,11 @@ def prefix_row(sample: dict, tokenizer, eot_id: int, L: int, suffix: bool = True
     if k == 0:
         return None
     text = tokenizer.decode(sample["response_ids"][:k], skip_special_tokens=False)
-    target = encode_turn(tokenizer, msgs, prompt_ids, text, eot_id)
+    content = turn_content(tokenizer, msgs, prompt_text, text)
+    target = encode_turn(tokenizer, msgs, prompt_ids, content, eot_id)
     if target is None:
         return None
-    return _row(sample, "prefix", msgs, prompt_text, prompt_ids, k, text, target,
+    return _row(sample, "prefix", msgs, prompt_text, prompt_ids, k, content, target,
                 shortened=k < min(L, len(sample["response_ids"])))
 
 

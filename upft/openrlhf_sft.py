@@ -2,7 +2,7 @@
 
 ``upft.launch`` starts this module under DeepSpeed in place of ``openrlhf.cli.train_sft``;
 it takes the same flags plus ``--upft.loss_avg sample|token`` and then runs OpenRLHF's own
-module as ``__main__``. No OpenRLHF file is copied or edited:
+module as ``__main__``. No OpenRLHF file is copied or edited (four guards, in fact):
 
 1. The loss weighting. OpenRLHF 0.11.2 builds ``SFTLoss()`` with ``token_level_loss=True``
    and no flag: the loss is the sum of target-token NLLs over the optimizer step divided by the
@@ -16,6 +16,12 @@ module as ``__main__``. No OpenRLHF file is copied or edited:
    (pytorch#196678; see ``upft.train``).
 3. A non-finite loss or gradient norm stops the run at that step with an ``error:`` line,
    before OpenRLHF logs it or saves anything.
+4. One end per row. OpenRLHF's SFT dataset appends ``" " + eos_token`` to every row that does
+   not already end with the tokenizer's eos; where eos differs from the token that ends an
+   assistant turn (a Qwen2.5 base tokenizer: ``<|endoftext|>`` vs ``<|im_end|>``), every row
+   would be trained to say ``<|im_end|> <|endoftext|>``, unlike the local trainer's rows.
+   ``one_end_per_row`` makes OpenRLHF's tokenizer use the end-of-turn token as its eos (the
+   saved tokenizer keeps that, which is what generation should stop on).
 """
 
 from __future__ import annotations
@@ -46,11 +52,26 @@ def split_args(argv: list[str]) -> tuple[str, list[str]]:
     return loss_avg, rest
 
 
+def one_end_per_row(tokenizer):
+    """The tokenizer with the end-of-turn token as its eos (guard 4 above)."""
+    from upft.models import end_of_turn_token
+
+    eot = end_of_turn_token(tokenizer)
+    if eot != tokenizer.eos_token:
+        tokenizer.eos_token = eot
+    return tokenizer
+
+
 def install(loss_avg: str) -> None:
-    """Apply the three guards to the imported OpenRLHF modules."""
+    """Apply the four guards to the imported OpenRLHF modules."""
+    import openrlhf.utils
     import torch
     from openrlhf.models import SFTLoss
     from openrlhf.trainer import sft_trainer
+
+    get_tokenizer = openrlhf.utils.get_tokenizer  # train_sft imports it from here when it runs
+    openrlhf.utils.get_tokenizer = functools.wraps(get_tokenizer)(
+        lambda *args, **kwargs: one_end_per_row(get_tokenizer(*args, **kwargs)))
 
     torch.backends.cuda.enable_cudnn_sdp(False)
     sft_trainer.SFTLoss = functools.partial(SFTLoss, token_level_loss=loss_avg == "token")
