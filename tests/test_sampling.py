@@ -10,7 +10,8 @@ from upft.data import Question
 from upft.generation import TransformersBackend
 from upft.models import end_of_turn_id
 from upft.runio import UserError, read_jsonl
-from upft.sampling import choose_full, sample
+from upft.draws import choose_full
+from upft.sampling import sample
 
 
 @pytest.mark.parametrize("n", [1, 7, 10, 33, 100])

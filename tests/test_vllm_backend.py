@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from upft.generation import GenRequest, TransformersBackend, make_backend
+from upft.backends import make_backend
+from upft.generation import GenRequest, TransformersBackend
 from upft.runio import UserError
-from upft.vllm_backend import VLLMBackend, gpu_groups, prompt_input, sampling_kwargs, to_result
+from upft.vllm_backend import gpu_groups, prompt_input, sampling_kwargs, to_result
 
 STOP = [2, 7]
 GREEDY = GenRequest("q1#0", (5, 6, 7, 8), max_new_tokens=64, seed=11)

@@ -139,7 +139,7 @@ def with_choices(q: Question, wrong: list[str], shuffle_seed: int) -> Question:
     """
     import random
 
-    from upft.generation import request_seed
+    from upft.draws import request_seed
 
     options = [q.answer.strip()] + [w.strip() for w in wrong]
     perm = random.Random(request_seed(shuffle_seed, "choices", q.id)).sample(range(4), 4)

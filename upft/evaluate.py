@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from upft.data import BENCHMARKS, Question, load_benchmark
-from upft.generation import GenRequest, request_seed
+from upft.draws import request_seed
+from upft.generation import GenRequest
 from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge, judge_rows
 from upft.prompts import messages, render

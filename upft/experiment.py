@@ -23,7 +23,7 @@ from pathlib import Path
 
 from upft import builders
 from upft.evaluate import EvalSettings, check_limits
-from upft.generation import BACKEND_OPTIONS
+from upft.backends import BACKEND_OPTIONS
 from upft.runio import UserError, cli, fingerprint, read_config, write_json
 from upft.train import TrainSettings
 
@@ -154,7 +154,7 @@ def sample_settings(cfg: dict) -> dict:
 
 def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:
     """Run one config through its stages; returns the run folder."""
-    from upft.stages import run_eval, run_prep, run_sample, run_train
+    from upft.stages import run_eval, run_prep, run_sample
 
     cfg = load_config(config, overrides)
     runs = Path(runs_dir)
@@ -221,5 +221,10 @@ def main(argv: list[str] | None) -> None:
         print(f"[experiment] done: {run(path, a.runs_dir, a.set)}", file=sys.stderr)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-experiment``)."""
     cli(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -34,7 +34,7 @@ _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 class Judge:
     label: str  # the judge model's name, recorded in the summary
     tokenizer: object
-    backend: object  # a generation backend (upft.generation.make_backend)
+    backend: object  # a generation backend (upft.backends.make_backend)
     max_new_tokens: int = 8
 
 

@@ -7,22 +7,13 @@ gets ``n`` full-length draws. Records are appended per batch, so a killed run re
 
 from __future__ import annotations
 
-import random
 import sys
-from collections.abc import Sequence
 
 from upft.data import Question
-from upft.generation import GenRequest, request_seed
+from upft.draws import choose_full, request_seed
+from upft.generation import GenRequest
 from upft.prompts import messages, render
 from upft.runio import JsonlAppender, UserError
-
-
-def choose_full(ids: Sequence[str], p: float, seed: int) -> set[str]:
-    """The round(p*N) question ids that get a full-length draw (seeded, order-independent)."""
-    if not 0.0 <= p <= 1.0:
-        raise UserError(f"p must be in [0, 1], got {p}")
-    k = round(p * len(ids))
-    return set(random.Random(seed).sample(sorted(ids), k))
 
 
 def sample(

@@ -15,7 +15,7 @@ from pathlib import Path
 from upft import builders
 from upft.data import BENCHMARKS, load_benchmark, load_questions
 from upft.evaluate import EvalSettings, check_golds, evaluate
-from upft.generation import make_backend
+from upft.backends import make_backend
 from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model, sampling_defaults
