@@ -86,3 +86,27 @@ def test_bad_input_gives_one_error_line_and_no_output(tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert not out.exists()
+
+
+def test_console_entry_points_and_script_paths_run_the_same_commands():
+    """Every `upft-*` entry point in pyproject.toml resolves to a package function, and each
+    design-card script path is a thin launcher of that same function."""
+    import importlib
+    import tomllib
+
+    from conftest import REPO
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    targets = {}
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+        targets[module] = name
+    for path, module in [("sample/generate.py", "upft.commands.sample"), ("data_prep/build.py", "upft.commands.prep"),
+                         ("data_prep/split_dev.py", "upft.commands.split_dev"),
+                         ("train/train_local.py", "upft.commands.train_local"),
+                         ("eval/run_eval.py", "upft.commands.evaluate"), ("eval/make_table.py", "upft.commands.table"),
+                         ("eval/report.py", "upft.commands.report")]:
+        assert module in targets and f"from {module} import entry" in (REPO / path).read_text(), path
+    r = run_cli("data_prep/build.py", "--help")
+    assert r.returncode == 0 and "--samples" in r.stdout

@@ -4,10 +4,12 @@
       --out runs/demo/eval-upft
 """
 
+from __future__ import annotations
+
 import argparse
 
 from upft.evaluate import EvalSettings, parse_limits
-from upft.generation import add_decoding_args, backend_options
+from upft.backends import add_decoding_args, backend_options
 from upft.runio import cli
 from upft.stages import run_eval
 
@@ -42,5 +44,6 @@ def main(argv: list[str] | None) -> None:
               f"{r['n_questions']} questions")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-evaluate``)."""
     cli(main)

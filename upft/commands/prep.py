@@ -10,6 +10,8 @@
   python data_prep/build.py --samples runs/demo/samples --method upft --L 16 --out runs/demo/prep-upft
 """
 
+from __future__ import annotations
+
 import argparse
 
 from upft.runio import cli
@@ -39,5 +41,6 @@ def main(argv: list[str] | None) -> None:
              allow_unparsed_gold=a.allow_unparsed_gold, force=a.force)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-prep``)."""
     cli(main)

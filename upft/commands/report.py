@@ -8,6 +8,8 @@ OUT/report.json and PNG figures (in OUT unless --figs names another folder, e.g.
 figs/ when regenerating README's figure), and prints report.md.
 """
 
+from __future__ import annotations
+
 import argparse
 
 from upft.report import write_report
@@ -25,5 +27,6 @@ def main(argv: list[str] | None) -> None:
     print(files[0].read_text(encoding="utf-8"), end="")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-report``)."""
     cli(main)

@@ -7,9 +7,11 @@ for the rest; full mode (baselines) decodes every response in full.
       --answer-field answer --L 16 --p 0.1 --out runs/demo/samples
 """
 
+from __future__ import annotations
+
 import argparse
 
-from upft.generation import add_decoding_args, backend_options
+from upft.backends import add_decoding_args, backend_options
 from upft.runio import cli
 from upft.stages import run_sample
 
@@ -40,5 +42,6 @@ def main(argv: list[str] | None) -> None:
                gguf_sha256=a.gguf_sha256, force=a.force, **backend_options(a))
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-sample``)."""
     cli(main)

@@ -7,6 +7,8 @@ out like that benchmark in a mirror folder), so the dev split is evaluated by th
   python eval/run_eval.py --model M --benchmarks gsm8k --data-dir data/gsm8k-dev --out R/eval-dev
 """
 
+from __future__ import annotations
+
 import argparse
 import random
 from pathlib import Path
@@ -40,5 +42,6 @@ def main(argv: list[str] | None) -> None:
           f"{a.n_dev} dev questions in {out / BENCHMARKS[a.bench].local_file}")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-split-dev``)."""
     cli(main)

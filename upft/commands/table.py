@@ -3,6 +3,8 @@
   python eval/make_table.py runs/demo/eval-base runs/demo/eval-upft [--out table.md]
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
 
@@ -36,5 +38,6 @@ def main(argv: list[str] | None) -> None:
         write_text(a.out, table)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-table``)."""
     cli(main)

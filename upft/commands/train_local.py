@@ -5,6 +5,8 @@ For several GPUs or nodes use scripts/train_sft.sh (OpenRLHF + DeepSpeed) on the
   python train/train_local.py --data runs/demo/prep-upft --model smollm2-135m-instruct --out runs/demo/model-upft
 """
 
+from __future__ import annotations
+
 import argparse
 from dataclasses import fields
 
@@ -31,5 +33,6 @@ def main(argv: list[str] | None) -> None:
     run_train(a["data"], a["model"], a["out"], settings, a["force"])
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console entry point (``upft-train-local``)."""
     cli(main)
