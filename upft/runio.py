@@ -97,13 +97,23 @@ class JsonlAppender:
     """Append rows to ``<path>.partial`` with a flush per batch; ``finish`` renames it.
 
     A killed run leaves only the ``.partial`` file, which ``done_rows`` reads back so the
-    next run continues where it stopped without duplicating or losing rows.
+    next run continues where it stopped without duplicating or losing rows. The time spent
+    appending is kept beside it (``<path>.partial.wall_s``), so ``prior_s`` tells a resumed
+    run how long the killed ones worked and reported times cover the whole job.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
+        self.clock = self.path.with_name(self.path.name + ".partial.wall_s")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.prior_s = 0.0
+        if self.partial.exists() and self.clock.exists():
+            try:
+                self.prior_s = float(self.clock.read_text(encoding="utf-8"))
+            except ValueError:  # torn by a kill mid-write: that run's time is lost, not the rows
+                pass
+        self._t0 = time.time()
 
     def done_rows(self) -> list[dict]:
         if not self.partial.exists():
@@ -118,9 +128,11 @@ class JsonlAppender:
             f.write("".join(_dump(r) for r in rows))
             f.flush()
             os.fsync(f.fileno())
+        self.clock.write_text(repr(self.prior_s + time.time() - self._t0), encoding="utf-8")
 
     def finish(self) -> None:
         os.replace(self.partial, self.path)
+        self.clock.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

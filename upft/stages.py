@@ -20,7 +20,7 @@ from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model, sampling_defaults
 from upft.prompts import style_for
-from upft.runio import (UserError, abandon_stage, read_json, read_jsonl, sha256_file, begin_stage, write_json,
+from upft.runio import (JsonlAppender, UserError, abandon_stage, read_json, read_jsonl, sha256_file, begin_stage, write_json,
                         write_jsonl, write_manifest)
 from upft.sampling import sample
 from upft.train import TrainSettings, train
@@ -103,11 +103,12 @@ def run_sample(model: str, questions: str, out: str, *, question_field: str = "q
         return outdir
     tok = load_tokenizer(model_path)
     gen = _backend(backend, model_path, tok, **backend_options)
+    prior_s = JsonlAppender(outdir / "samples.jsonl").prior_s  # time of killed earlier runs of this job
     t0 = time.time()
     records = sample(qs, tok, gen, str(outdir / "samples.jsonl"), mode=mode, L=L, p=p, n=n,
                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                      seed=seed, style=style)
-    write_manifest(outdir, "sample", settings, n_records=len(records), wall_s=time.time() - t0,
+    write_manifest(outdir, "sample", settings, n_records=len(records), wall_s=prior_s + time.time() - t0,
                    sampling_tokens=sum(r["n_tokens"] for r in records))
     return outdir
 
