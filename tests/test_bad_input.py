@@ -132,3 +132,11 @@ def test_rft_refuses_unreadable_reference_answers_unless_allowed(tmp_path, tok):
     assert not (tmp_path / "prep").exists()
     run_prep(str(tmp_path / "s"), str(tmp_path / "prep"), method="rft", model=MODEL, allow_unparsed_gold=True)
     assert json.loads((tmp_path / "prep" / "stats.json").read_text())["n_rows"] == 1
+
+
+def test_an_output_path_under_a_file_is_one_error_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("data_prep/split_dev.py", "--questions", "data/demo/gsm8k/train.jsonl", "--n-dev", "2",
+                "--out", str(tmp_path / "afile" / "split"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: Not a directory: {tmp_path / 'afile' / 'split' / 'gsm8k'}"]
