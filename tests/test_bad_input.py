@@ -78,8 +78,11 @@ def test_yaml_numbers_in_any_notation_are_numbers(tmp_path):
     ("train: {lr: fast}\n", "train.lr must be float"),
     ("train: {lr: 0}\n", "lr and epochs must be positive"),
     ("train: {micro_batch: 0}\n", "at least 1"),
-    ("train: {trainer: openrlhf, lr: fast}\n", "train.lr must be a positive number"),
-    ("train: {trainer: openrlhf, gpus: 0}\n", "train.gpus must be a whole number >= 1"),
+    ("train: {trainer: openrlhf, lr: fast}\n", "train.lr must be float, got 'fast'"),
+    ("train: {trainer: openrlhf, gpus: 0}\n", "train.gpus must be at least 1, got 0"),
+    ("train: {trainer: openrlhf, gpus: true}\n", "train.gpus must be int, got True"),
+    ("train: {trainer: openrlhf, loss_avg: mean}\n", "train.loss_avg must be one of sample, token"),
+    ("train: {trainer: openrlhf, gpus: 3, batch_size: 64}\n", "must be a multiple of micro-batch x GPUs = 3"),
 ])
 def test_config_values_are_checked_up_front(tmp_path, extra, match):
     with pytest.raises(UserError, match=match):

@@ -139,3 +139,21 @@ def test_folder_holding_another_run_is_refused(data, tmp_path, monkeypatch):
     write_json(out / "manifest.json", {"fingerprint": "another run"})
     with pytest.raises(UserError, match="already holds a finished run with different settings"):
         main(["--data", str(data), "--model", str(tmp_path / "m"), "--out", str(out)])
+
+
+def test_the_runner_hands_the_launcher_its_settings_not_an_argv(data, monkeypatch):
+    """An experiment config's openrlhf section becomes OpenRLHFSettings (one schema with the flags)
+    and reaches the launcher as a Job; the command is the one the same flags give."""
+    from conftest import REPO
+    from upft import experiment, launch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    jobs = []
+    monkeypatch.setattr(launch, "train", jobs.append)  # the GPU run itself is not for a CPU
+    cfg = experiment.load_config(str(REPO / "configs/qwen1.5b-gsm8k/upft-L32.yaml"), ["seed=2"])
+    experiment._train(cfg, data.parent, data.parent / "model")
+    (job,) = jobs
+    assert job.settings == launch.OpenRLHFSettings(**{k: v for k, v in cfg["train"].items() if k != "trainer"}, seed=2)
+    by_flags = parse(["--config", str(REPO / "configs/qwen1.5b-gsm8k/upft-L32.yaml"), "--data", str(data.parent),
+                      "--model", cfg["model"], "--out", str(data.parent / "model"), "--seed", "2"])
+    assert command(job) == command(by_flags)

@@ -17,14 +17,15 @@ that share a sampling pool (RFT and Label Filter) decode it once. The run folder
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from upft import builders
-from upft.evaluate import EvalSettings, check_limits
+from upft import builders, launch
 from upft.backends import BACKEND_OPTIONS
+from upft.evaluate import EvalSettings, check_limits
+from upft.launch import OpenRLHFSettings
 from upft.runio import UserError, cli, fingerprint, read_config, write_json
+from upft.schema import keys
 from upft.train import TrainSettings
 
 METHODS = ("base", *builders.METHODS)  # "base": evaluate the model as it is
@@ -32,11 +33,9 @@ TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "keep_tru
        "questions", "sample", "train", "eval"}
 QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit"}
 SAMPLE = {"n", "max_new_tokens", "temperature", "top_p", "top_k", "prompt_style", "backend", *BACKEND_OPTIONS}
-LOCAL_TRAIN = {f.name for f in dataclasses.fields(TrainSettings)} - {"seed"}
-OPENRLHF_TRAIN = {"gpus", "nnodes", "node_rank", "master_addr", "master_port", "epochs", "lr", "scheduler", "loss_avg",
-                  "warmup_ratio", "batch_size", "micro_batch", "max_len", "zero_stage", "no_adam_offload", "attn",
-                  "no_gradient_checkpointing", "lora_rank", "lora_alpha", "tensorboard", "wandb_project"}
-EVAL = ({f.name for f in dataclasses.fields(EvalSettings)} - {"style", "max_new_tokens_by", "seed"}
+LOCAL_TRAIN = keys(TrainSettings) - {"seed"}
+OPENRLHF_TRAIN = keys(OpenRLHFSettings) - {"seed"}
+EVAL = (keys(EvalSettings) - {"style", "max_new_tokens_by", "seed"}
         | {"benchmarks", "data_dir", "prompt_style", "backend", "judge", "max_new_tokens_for", *BACKEND_OPTIONS})
 
 
@@ -106,11 +105,6 @@ def _number(v, whole: bool) -> bool:
     return not isinstance(v, bool) and isinstance(v, int if whole else (int, float))
 
 
-# OpenRLHF options that are counts: (minimum, whole number)
-_OPENRLHF_NUMBERS = {"gpus": 1, "nnodes": 1, "node_rank": 0, "master_port": 1, "epochs": 1, "batch_size": 1,
-                     "micro_batch": 1, "max_len": 1, "zero_stage": 0, "lora_rank": 0, "lora_alpha": 1}
-
-
 def _check_values(path: Path, cfg: dict) -> None:
     """Types and ranges of the values a run needs, so a bad one stops every config before any runs."""
     for key, ok, want in (("L", lambda v: _number(v, True) and v >= 1, "a whole number >= 1"),
@@ -118,18 +112,17 @@ def _check_values(path: Path, cfg: dict) -> None:
                           ("seed", lambda v: _number(v, True) and v >= 0, "a whole number >= 0")):
         if not ok(cfg[key]):
             raise UserError(f"{path}: {key} must be {want}, got {cfg[key]!r}")
+    try:
+        train_settings(cfg).check()
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def train_settings(cfg: dict) -> TrainSettings | OpenRLHFSettings:
+    """The config's training settings, for the trainer it names (the run's seed included)."""
     t = {k: v for k, v in cfg["train"].items() if k != "trainer"}
-    if cfg["train"].get("trainer", "local") == "local":
-        try:
-            TrainSettings(**t, seed=cfg["seed"]).check()
-        except UserError as e:
-            raise UserError(f"{path}: {e}") from None
-        return
-    if "lr" in t and not (_number(t["lr"], False) and t["lr"] > 0):
-        raise UserError(f"{path}: train.lr must be a positive number, got {t['lr']!r}")
-    for key, low in _OPENRLHF_NUMBERS.items():
-        if key in t and not (_number(t[key], True) and t[key] >= low):
-            raise UserError(f"{path}: train.{key} must be a whole number >= {low}, got {t[key]!r}")
+    schema = TrainSettings if cfg["train"].get("trainer", "local") == "local" else OpenRLHFSettings
+    return schema(**t, seed=cfg["seed"])
 
 
 def default_label(cfg: dict) -> str:
@@ -192,20 +185,11 @@ def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:
 def _train(cfg: dict, prep: Path, out: Path) -> None:
     from upft.stages import run_train
 
-    t = dict(cfg["train"])
-    if t.pop("trainer", "local") == "local":
-        run_train(str(prep), cfg["model"], str(out), TrainSettings(**t, seed=cfg["seed"]), force=True)
-        return
-    from upft import launch
-
-    argv = ["--data", str(prep), "--model", cfg["model"], "--out", str(out), "--seed", str(cfg["seed"]), "--force"]
-    for key, value in t.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            argv += [flag] if value else []
-        else:
-            argv += [flag, str(value)]
-    launch.main(argv)
+    settings = train_settings(cfg)
+    if isinstance(settings, TrainSettings):
+        run_train(str(prep), cfg["model"], str(out), settings, force=True)
+    else:
+        launch.train(launch.Job(str(prep), cfg["model"], str(out), settings, force=True))
 
 
 def main(argv: list[str] | None) -> None:

@@ -31,63 +31,119 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from upft.runio import (UserError, abandon_stage, begin_stage, cli, read_config, read_jsonl, release_stage,
                         sha256_file, write_jsonl, write_manifest)
+from upft.schema import add_flags, check_types, from_args, keys
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+# OpenRLHF settings that count something: their least value
+COUNTS = {"gpus": 1, "nnodes": 1, "node_rank": 0, "master_port": 1, "epochs": 1, "batch_size": 1, "micro_batch": 1,
+          "max_len": 3, "zero_stage": 0, "lora_rank": 0, "lora_alpha": 1}
+
+
+@dataclass
+class OpenRLHFSettings:
+    """OpenRLHF training on one or several nodes; the defaults are the paper's (METHOD.md, Table 3).
+    The flags of this command and the ``train:`` section of an experiment config (trainer: openrlhf)."""
+
+    gpus: int = field(default=1, metadata={"help": "GPUs per node"})
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    epochs: int = 1
+    lr: float = 1e-6
+    scheduler: str = "constant_with_warmup"
+    warmup_ratio: float = 0.03
+    batch_size: int = field(default=64, metadata={"help": "global batch"})
+    micro_batch: int = field(default=1, metadata={"help": "per GPU"})
+    max_len: int = 4096
+    loss_avg: str = field(default="sample", metadata={
+        "choices": ("sample", "token"),
+        "help": "sample: each row's mean NLL averaged over rows (the authors' weighting); "
+                "token: mean over all target tokens of the step (OpenRLHF's default)"})
+    zero_stage: int = 3
+    no_adam_offload: bool = False
+    attn: str = field(default="flash_attention_2", metadata={"help": "flash_attention_2, sdpa or eager"})
+    no_gradient_checkpointing: bool = False
+    lora_rank: int = 0
+    lora_alpha: int = 16
+    tensorboard: str | None = field(default=None, metadata={"help": "TensorBoard log folder (default: OUT/tensorboard)"})
+    wandb_project: str | None = field(default=None, metadata={"help": "log to wandb (needs WANDB_API_KEY)"})
+    seed: int = 0
+
+    def check(self) -> None:
+        check_types(self, "train")
+        for key, least in COUNTS.items():
+            if getattr(self, key) < least:
+                raise UserError(f"train.{key} must be at least {least}, got {getattr(self, key)}")
+        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"train.lr must be > 0 and warmup_ratio in [0, 1), got {self.lr} and {self.warmup_ratio}")
+        world = self.gpus * self.nnodes
+        if self.batch_size % (self.micro_batch * world):
+            raise UserError(f"batch_size {self.batch_size} must be a multiple of micro-batch x GPUs = "
+                            f"{self.micro_batch * world}")
+
+
+@dataclass
+class Job:
+    """One OpenRLHF run: what to train, where to, and how."""
+
+    data: str  # train.jsonl from data_prep/build.py, or its folder
+    model: str
+    out: str
+    settings: OpenRLHFSettings
+    extra: list[str] = field(default_factory=list)  # further OpenRLHF flags, passed as they are
+    force: bool = False
+    dry_run: bool = False
+
+    @property
+    def data_file(self) -> Path:
+        return Path(self.data) / "train.jsonl" if Path(self.data).is_dir() else Path(self.data)
+
+    @property
+    def staging_dir(self) -> str:
+        """Where OpenRLHF writes; renamed to ``out`` once the model passes its check."""
+        return f"{self.out}.tmp"
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self.settings.tensorboard or str(Path(self.staging_dir) / "tensorboard")
+
+
+def parse(argv: list[str] | None) -> Job:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML of these options (keys as flags without '--'; a 'train:' section "
                                      "of an experiment config works too); flags given here override it")
     ap.add_argument("--data", help="train.jsonl from data_prep/build.py, or its folder")
     ap.add_argument("--model", help="HF folder, hub id, GGUF file or embedded model name (GGUF is converted)")
     ap.add_argument("--out")
-    ap.add_argument("--gpus", type=int, default=1, help="GPUs per node")
-    ap.add_argument("--nnodes", type=int, default=1)
-    ap.add_argument("--node-rank", type=int, default=0)
-    ap.add_argument("--master-addr", default="127.0.0.1")
-    ap.add_argument("--master-port", type=int, default=29500)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--scheduler", default="constant_with_warmup")
-    ap.add_argument("--warmup-ratio", type=float, default=0.03)
-    ap.add_argument("--batch-size", type=int, default=64, help="global batch")
-    ap.add_argument("--micro-batch", type=int, default=1, help="per GPU")
-    ap.add_argument("--max-len", type=int, default=4096)
-    ap.add_argument("--loss-avg", default="sample", choices=("sample", "token"),
-                    help="sample: each row's mean NLL averaged over rows (the authors' weighting); "
-                         "token: mean over all target tokens of the step (OpenRLHF's default)")
-    ap.add_argument("--zero-stage", type=int, default=3)
-    ap.add_argument("--no-adam-offload", action="store_true")
-    ap.add_argument("--attn", default="flash_attention_2", help="flash_attention_2, sdpa or eager")
-    ap.add_argument("--no-gradient-checkpointing", action="store_true")
-    ap.add_argument("--lora-rank", type=int, default=0)
-    ap.add_argument("--lora-alpha", type=int, default=16)
-    ap.add_argument("--tensorboard", help="TensorBoard log folder (default: OUT/tensorboard)")
-    ap.add_argument("--wandb-project", help="log to wandb (needs WANDB_API_KEY)")
-    ap.add_argument("--seed", type=int, default=0)
+    add_flags(ap, OpenRLHFSettings)
     ap.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     ap.add_argument("--force", action="store_true", help="replace a different run in --out")
     ap.add_argument("extra", nargs="*", help="further OpenRLHF flags, after --")
     a = ap.parse_args(argv)
     if a.config:
-        ap.set_defaults(**config_defaults(a.config, ap))
+        ap.set_defaults(**config_defaults(a.config))
         a = ap.parse_args(argv)
     for key in ("data", "model", "out"):
         if getattr(a, key) is None:
             raise UserError(f"--{key} is required (on the command line or in --config)")
-    return a
+    settings = from_args(OpenRLHFSettings, a)
+    settings.check()
+    return Job(a.data, a.model, a.out, settings, a.extra, a.force, a.dry_run)
 
 
-def config_defaults(path: str, ap: argparse.ArgumentParser) -> dict:
+def config_defaults(path: str) -> dict:
     """Option defaults from a YAML file; an unknown key is an error, not silently ignored."""
     cfg = read_config(path)
     cfg = dict(cfg.get("train", cfg))
     if cfg.pop("trainer", "openrlhf") != "openrlhf":  # an experiment config's train section names its trainer
         raise UserError(f"{path}: train.trainer is not 'openrlhf'; use scripts/run_experiment.sh for the local trainer")
-    known = {a.dest for a in ap._actions} - {"help", "config", "extra", "dry_run"}
+    known = keys(OpenRLHFSettings)
     out = {}
     for key, value in cfg.items():
         dest = key.replace("-", "_")
@@ -111,16 +167,10 @@ def check_data(path: Path) -> None:
         raise UserError(f"{path}: OpenRLHF splits dataset paths on ',' and '@'; rename it")
 
 
-def data_file(a: argparse.Namespace) -> Path:
-    return Path(a.data) / "train.jsonl" if Path(a.data).is_dir() else Path(a.data)
-
-
-def command(a: argparse.Namespace) -> list[str]:
-    data = data_file(a)
+def command(job: Job) -> list[str]:
+    """The OpenRLHF command line of a job (deepspeed on one node, torchrun across nodes)."""
+    a, data = job.settings, job.data_file
     check_data(data)
-    world = a.gpus * a.nnodes
-    if a.batch_size % (a.micro_batch * world):
-        raise UserError(f"--batch-size {a.batch_size} must be a multiple of micro-batch x GPUs = {a.micro_batch * world}")
     if a.nnodes > 1:
         launcher = ["torchrun", f"--nproc_per_node={a.gpus}", f"--nnodes={a.nnodes}", f"--node_rank={a.node_rank}",
                     f"--master_addr={a.master_addr}", f"--master_port={a.master_port}", "-m"]
@@ -132,7 +182,7 @@ def command(a: argparse.Namespace) -> list[str]:
         launcher = ["deepspeed", where, f"--master_port={a.master_port}", "--module"]
     cmd = launcher + [
         "upft.openrlhf_sft", "--upft.loss_avg", a.loss_avg,
-        "--model.model_name_or_path", a.model,
+        "--model.model_name_or_path", job.model,
         "--data.dataset", str(data.resolve()),
         "--data.input_key", "prompt", "--data.output_key", "response", "--data.apply_chat_template",
         "--data.max_len", str(a.max_len),
@@ -140,7 +190,7 @@ def command(a: argparse.Namespace) -> list[str]:
         "--train.micro_batch_size", str(a.micro_batch), "--train.seed", str(a.seed),
         "--adam.lr", str(a.lr), "--lr_scheduler", a.scheduler, "--lr_warmup_ratio", str(a.warmup_ratio),
         "--ds.zero_stage", str(a.zero_stage), "--ds.param_dtype", "bf16", "--ds.attn_implementation", a.attn,
-        "--ckpt.output_dir", staging_dir(a), "--ckpt.save_steps", "-1", "--logger.logging_steps", "1",
+        "--ckpt.output_dir", job.staging_dir, "--ckpt.save_steps", "-1", "--logger.logging_steps", "1",
     ]
     if not a.no_adam_offload:
         cmd.append("--ds.adam_offload")
@@ -149,19 +199,10 @@ def command(a: argparse.Namespace) -> list[str]:
     if a.lora_rank:
         cmd += ["--ds.lora.rank", str(a.lora_rank), "--ds.lora.alpha", str(a.lora_alpha)]
     # run_name is part of the TensorBoard path; OpenRLHF's default holds a ':'
-    cmd += ["--logger.tensorboard_dir", tensorboard_dir(a), "--logger.wandb.run_name", Path(a.out).name]
+    cmd += ["--logger.tensorboard_dir", job.tensorboard_dir, "--logger.wandb.run_name", Path(job.out).name]
     if a.wandb_project:
         cmd += ["--logger.wandb.key", os.environ.get("WANDB_API_KEY", ""), "--logger.wandb.project", a.wandb_project]
-    return cmd + a.extra
-
-
-def staging_dir(a: argparse.Namespace) -> str:
-    """Where OpenRLHF writes; renamed to --out once the model passes its check."""
-    return f"{a.out}.tmp"
-
-
-def tensorboard_dir(a: argparse.Namespace) -> str:
-    return a.tensorboard or str(Path(staging_dir(a)) / "tensorboard")
+    return cmd + job.extra
 
 
 def check_gpus(wanted: int) -> None:
@@ -217,22 +258,28 @@ def run(cmd: list[str], log: Path) -> None:
 
 
 def main(argv: list[str] | None) -> None:
-    a = parse(argv)
+    train(parse(argv))
+
+
+def train(job: Job) -> None:
+    """Run a job: OpenRLHF into OUT.tmp, the model check, then OUT with its manifest and loss curve."""
     from upft.models import resolve_model
 
-    a.model = resolve_model(a.model)  # OpenRLHF needs an HF folder or hub id; a GGUF is converted once
-    cmd = command(a)
+    job.settings.check()
+    job.model = resolve_model(job.model)  # OpenRLHF needs an HF folder or hub id; a GGUF is converted once
+    cmd = command(job)
     key = os.environ.get("WANDB_API_KEY")
     print(shlex.join("***" if key and c == key else c for c in cmd), flush=True)
-    if a.dry_run:
+    if job.dry_run:
         return
-    check_gpus(a.gpus)
+    check_gpus(job.settings.gpus)
     from upft.stages import recorded_style
 
-    settings = {"command": [c for c in cmd if c != key], "data_sha256": sha256_file(data_file(a)),
-                "style": recorded_style(data_file(a).parent)}  # carried to evaluation (see upft.stages)
-    out, tmp = Path(a.out), Path(staging_dir(a))
-    if a.node_rank == 0 and begin_stage(out, settings, ["config.json"], a.force):
+    settings = {"command": [c for c in cmd if c != key], "data_sha256": sha256_file(job.data_file),
+                "style": recorded_style(job.data_file.parent)}  # carried to evaluation (see upft.stages)
+    out, tmp = Path(job.out), Path(job.staging_dir)
+    rank = job.settings.node_rank
+    if rank == 0 and begin_stage(out, settings, ["config.json"], job.force):
         print(f"[skip] {out} already holds this run", file=sys.stderr)
         return
     shutil.rmtree(tmp, ignore_errors=True)  # OpenRLHF cannot resume a half-written model
@@ -240,11 +287,11 @@ def main(argv: list[str] | None) -> None:
     t0 = time.time()
     try:
         run(cmd, tmp / "openrlhf.log")
-        if a.node_rank != 0:
+        if rank != 0:
             return
         wall = time.time() - t0
-        curve = loss_curve(tensorboard_dir(a))
-        health = accept_model(tmp, a.model, read_jsonl(data_file(a)))
+        curve = loss_curve(job.tensorboard_dir)
+        health = accept_model(tmp, job.model, read_jsonl(job.data_file))
     except UserError as e:
         failed = Path(f"{out}.failed.log")
         if (tmp / "openrlhf.log").exists():
@@ -253,7 +300,7 @@ def main(argv: list[str] | None) -> None:
         abandon_stage(out)
         raise UserError(f"{e} (OpenRLHF's log: {failed})") from None
     write_jsonl(tmp / "train_log.jsonl", curve)
-    write_manifest(tmp, "train-openrlhf", settings, wall_s=wall, steps=len(curve), loss_avg=a.loss_avg,
+    write_manifest(tmp, "train-openrlhf", settings, wall_s=wall, steps=len(curve), loss_avg=job.settings.loss_avg,
                    nonfinite_steps=0, model_check=health)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -34,11 +34,12 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from upft.health import answer_lengths, check_finite, check_model, early_stop_limit
 from upft.runio import UserError, read_json, release_stage, write_json, write_jsonl, write_manifest
+from upft.schema import check_types
 
 
 @dataclass
@@ -67,11 +68,7 @@ class TrainSettings:
     report_to: str = "none"  # or "tensorboard", "wandb"
 
     def check(self) -> None:
-        kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, kinds[f.type]) or (isinstance(value, bool) and f.type != "bool"):
-                raise UserError(f"train.{f.name} must be {f.type}, got {value!r}")
+        check_types(self, "train")
         if self.loss_avg not in ("sample", "token"):
             raise UserError(f"loss_avg must be 'sample' or 'token', got {self.loss_avg}")
         if self.micro_batch < 1 or self.batch_size < 1:

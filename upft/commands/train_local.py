@@ -8,9 +8,9 @@ For several GPUs or nodes use scripts/train_sft.sh (OpenRLHF + DeepSpeed) on the
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
 from upft.runio import cli
+from upft.schema import add_flags, from_args
 from upft.stages import run_train
 from upft.train import TrainSettings
 
@@ -21,16 +21,9 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
-    for f in fields(TrainSettings):  # every training setting is a flag, with the paper's default
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            ap.add_argument(flag, action="store_true")
-        else:
-            kind = {"int": int, "float": float}.get(f.type, str)
-            ap.add_argument(flag, type=kind, default=f.default)
-    a = vars(ap.parse_args(argv))
-    settings = TrainSettings(**{f.name: a[f.name] for f in fields(TrainSettings)})
-    run_train(a["data"], a["model"], a["out"], settings, a["force"])
+    add_flags(ap, TrainSettings)  # every training setting is a flag, with the paper's default
+    a = ap.parse_args(argv)
+    run_train(a.data, a.model, a.out, from_args(TrainSettings, a), a.force)
 
 
 def entry() -> None:
