@@ -83,6 +83,10 @@ def test_yaml_numbers_in_any_notation_are_numbers(tmp_path):
     ("train: {trainer: openrlhf, gpus: true}\n", "train.gpus must be int, got True"),
     ("train: {trainer: openrlhf, loss_avg: mean}\n", "train.loss_avg must be one of sample, token"),
     ("train: {trainer: openrlhf, gpus: 3, batch_size: 64}\n", "must be a multiple of micro-batch x GPUs = 3"),
+    ("sample: {batch_size: 0}\n", "sample.batch_size must be at least 1, got 0"),
+    ("sample: {top_p: 1.5}\n", r"sample.top_p must be in \(0, 1\], got 1.5"),
+    ("eval: {benchmarks: [gsm8k], tensor_parallel_size: 0}\n", "eval.tensor_parallel_size must be at least 1"),
+    ("eval: {benchmarks: []}\n", "eval.benchmarks is empty"),
 ])
 def test_config_values_are_checked_up_front(tmp_path, extra, match):
     with pytest.raises(UserError, match=match):
@@ -143,3 +147,15 @@ def test_an_output_path_under_a_file_is_one_error_line(tmp_path):
                 "--out", str(tmp_path / "afile" / "split"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: Not a directory: {tmp_path / 'afile' / 'split' / 'gsm8k'}"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n", "0"], "n and limit must be at least 1, got n=0, limit=None"),
+    (["--benchmarks", ","], "no benchmarks given (e.g. --benchmarks gsm8k,math500)"),
+    (["--batch-size", "0"], "batch_size must be at least 1, got 0"),
+])
+def test_eval_values_out_of_range_are_one_error_line_and_nothing_written(tmp_path, flags, message):
+    r = run_cli("eval/run_eval.py", "--model", MODEL, "--benchmarks", "gsm8k", "--data-dir", "data/demo",
+                "--out", str(tmp_path / "e"), *flags)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "e").exists()

@@ -8,25 +8,57 @@ Kept apart from ``upft.generation`` (the request type and the transformers backe
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
 
 from upft.generation import TransformersBackend
 from upft.runio import UserError
+from upft.schema import add_flags, check_types, from_args
+
+
+@dataclass
+class Decoding:
+    """How a command generates: the decoding settings and the backend's options. One schema for the
+    flags of sampling and evaluation and for the ``sample:`` / ``eval:`` sections of a config."""
+
+    max_new_tokens: int = 1024
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
+    top_p: float | None = field(default=None, metadata={
+        "help": "default: the model's generation_config (1 if it sets none)"})
+    top_k: int | None = field(default=None, metadata={
+        "help": "0 = off; default: the model's generation_config (off if it sets none)"})
+    seed: int = 0
+    prompt_style: str = field(default="auto", metadata={"help": "auto, plain, boxed or qwen-math"})
+    backend: str = field(default="transformers", metadata={"help": "transformers or vllm"})
+    device: str = field(default="auto", metadata={"help": "transformers only"})
+    batch_size: int = field(default=32, metadata={"help": "transformers only"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm only: GPUs per engine"})
+    data_parallel_size: int = field(default=1, metadata={"help": "vllm only: engines, each on its own GPUs"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm only"})
+
+    def check(self, section: str = "") -> None:
+        """Types and ranges; ``section`` ("sample", "eval") prefixes the names in errors."""
+        where = f"{section}." if section else ""
+        check_types(self, section or "option")
+        for key in ("max_new_tokens", "batch_size", "tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{where}{key} must be at least 1, got {getattr(self, key)}")
+        if self.temperature < 0 or not 0 < self.gpu_memory_utilization <= 1:
+            raise UserError(f"{where}temperature must be >= 0 and gpu_memory_utilization in (0, 1]")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UserError(f"{where}top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise UserError(f"{where}top_k must be >= 0 (0 = off), got {self.top_k}")
 
 
 def add_decoding_args(ap, temperature: float) -> None:
-    """The decoding and backend flags shared by sampling and evaluation (one definition)."""
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
-    ap.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    ap.add_argument("--top-p", type=float, help="default: the model's generation_config (1 if it sets none)")
-    ap.add_argument("--top-k", type=int, help="0 = off; default: the model's generation_config (off if it sets none)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--prompt-style", default="auto", help="auto, plain, boxed or qwen-math")
-    ap.add_argument("--backend", default="transformers", help="transformers or vllm")
-    ap.add_argument("--device", default="auto", help="transformers only")
-    ap.add_argument("--batch-size", type=int, default=32, help="transformers only")
-    ap.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only: GPUs per engine")
-    ap.add_argument("--data-parallel-size", type=int, default=1, help="vllm only: engines, each on its own GPUs")
-    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm only")
+    """The decoding and backend flags shared by sampling and evaluation (``Decoding``'s fields)."""
+    add_flags(ap, Decoding)
+    ap.set_defaults(temperature=temperature)
+
+
+def check_decoding(args) -> None:
+    """Check parsed decoding flags before a command creates anything."""
+    from_args(Decoding, args).check()
 
 
 BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization")

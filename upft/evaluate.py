@@ -40,6 +40,13 @@ class EvalSettings:
     def budget(self, benchmark: str) -> int:
         return self.max_new_tokens_by.get(benchmark, self.max_new_tokens)
 
+    def check(self) -> None:
+        """The ranges the decoding flags do not cover (those are checked by ``upft.backends.Decoding``)."""
+        if self.n < 1 or (self.limit is not None and self.limit < 1):
+            raise UserError(f"n and limit must be at least 1, got n={self.n}, limit={self.limit}")
+        if self.grade_timeout_s <= 0:
+            raise UserError(f"grade_timeout_s must be positive, got {self.grade_timeout_s}")
+
 
 def check_limits(limits: dict) -> dict[str, int]:
     """Per-benchmark max-new-tokens, each a known benchmark and a positive integer."""

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from upft import builders, launch
-from upft.backends import BACKEND_OPTIONS
+from upft.backends import BACKEND_OPTIONS, Decoding
 from upft.evaluate import EvalSettings, check_limits
 from upft.launch import OpenRLHFSettings
 from upft.runio import UserError, cli, fingerprint, read_config, write_json
@@ -32,11 +32,11 @@ METHODS = ("base", *builders.METHODS)  # "base": evaluate the model as it is
 TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "keep_truncated", "defaults",
        "questions", "sample", "train", "eval"}
 QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit"}
-SAMPLE = {"n", "max_new_tokens", "temperature", "top_p", "top_k", "prompt_style", "backend", *BACKEND_OPTIONS}
+SAMPLE = keys(Decoding) - {"seed"} | {"n"}  # the run's seed is the config's
 LOCAL_TRAIN = keys(TrainSettings) - {"seed"}
 OPENRLHF_TRAIN = keys(OpenRLHFSettings) - {"seed"}
-EVAL = (keys(EvalSettings) - {"style", "max_new_tokens_by", "seed"}
-        | {"benchmarks", "data_dir", "prompt_style", "backend", "judge", "max_new_tokens_for", *BACKEND_OPTIONS})
+EVAL = (keys(EvalSettings) - {"style", "max_new_tokens_by", "seed"} | keys(Decoding) - {"seed"}
+        | {"benchmarks", "data_dir", "judge", "max_new_tokens_for"})
 
 
 def _check_keys(path: Path, where: str, section: dict, known: set[str]) -> None:
@@ -114,6 +114,10 @@ def _check_values(path: Path, cfg: dict) -> None:
             raise UserError(f"{path}: {key} must be {want}, got {cfg[key]!r}")
     try:
         train_settings(cfg).check()
+        for section in ("sample", "eval"):
+            Decoding(**{k: v for k, v in cfg[section].items() if k in keys(Decoding)}).check(section)
+        if not cfg["eval"]["benchmarks"]:
+            raise UserError("eval.benchmarks is empty")
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
 

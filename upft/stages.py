@@ -211,6 +211,9 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
 
     ``judge`` (a model spec) grades open-answer benchmarks (gpqa_open) as the paper did.
     """
+    settings.check()
+    if not benchmarks:
+        raise UserError("no benchmarks given (e.g. --benchmarks gsm8k,math500)")
     for b in benchmarks:  # fail on a bad name, a missing mirror file or unreadable golds before anything runs
         check_golds(b, load_benchmark(b, data_dir, settings.limit, settings.shuffle_seed), settings.allow_unparsed_gold)
     model_path = resolve_model(model)

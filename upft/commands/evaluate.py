@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from upft.evaluate import EvalSettings, parse_limits
-from upft.backends import add_decoding_args, backend_options
+from upft.backends import add_decoding_args, backend_options, check_decoding
 from upft.runio import cli
 from upft.stages import run_eval
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
+    check_decoding(a)
     s = EvalSettings(max_new_tokens=a.max_new_tokens, max_new_tokens_by=parse_limits(a.max_new_tokens_for), n=a.n,
                      temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, limit=a.limit,
                      shuffle_seed=a.shuffle_seed, allow_unparsed_gold=a.allow_unparsed_gold)

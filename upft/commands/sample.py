@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from upft.backends import add_decoding_args, backend_options
+from upft.backends import add_decoding_args, backend_options, check_decoding
 from upft.runio import cli
 from upft.stages import run_sample
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true", help="replace a different run in --out")
     a = ap.parse_args(argv)
+    check_decoding(a)
     run_sample(a.model, a.questions, a.out, question_field=a.question_field, answer_field=a.answer_field,
                id_field=a.id_field, split=a.split, config=a.config, limit=a.limit, mode=a.mode, L=a.L, p=a.p,
                n=a.n, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
