@@ -9,7 +9,9 @@ import pytest
 from conftest import MODEL, run_cli
 from upft.data import load_questions
 from upft.experiment import load_config
-from upft.runio import JsonlAppender, UserError, read_config, read_jsonl
+from upft.configs import read_config
+from upft.errors import UserError
+from upft.runio import JsonlAppender, read_jsonl
 
 TRAIN_Q = "data/demo/gsm8k/train.jsonl"
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, SHARED_DATA
 from upft.data import load_benchmark, load_questions
-from upft.runio import UserError
+from upft.errors import UserError
 
 ROWS = [{"q": "What is 1 + 1?", "a": "1 + 1 = 2\n#### 2", "key": "x1"},
         {"q": "What is 2 + 3?", "a": "#### 5", "key": "x2"}]

@@ -11,7 +11,8 @@ from upft.evaluate import EvalSettings, evaluate_benchmark, parse_limits, summar
 from upft.generation import GenResult, TransformersBackend
 from upft.judge import Judge, judge_rows, verdict
 from upft.models import end_of_turn_id
-from upft.runio import UserError, read_jsonl
+from upft.errors import UserError
+from upft.runio import read_jsonl
 
 FIXTURE = str(REPO / "tests" / "fixtures" / "mirror")
 SHORT = ["--max-new-tokens", "12", "--batch-size", "8"]

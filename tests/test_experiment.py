@@ -9,7 +9,7 @@ import yaml
 
 from conftest import REPO, run_cli
 from upft.experiment import load_config
-from upft.runio import UserError
+from upft.errors import UserError
 
 COMMON = {
     "model": "smollm2-135m-instruct",

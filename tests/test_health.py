@@ -7,7 +7,7 @@ import torch
 
 from upft import health
 from upft.health import check_finite, check_model, degenerate, early_stop_limit, stops_early
-from upft.runio import UserError
+from upft.errors import UserError
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from upft.models import EMBEDDED, end_of_turn_token, resolve_model
-from upft.runio import UserError
+from upft.errors import UserError
 
 
 def test_converted_gguf_is_a_plain_folder_with_the_end_of_turn_as_eos(model_path, tok):

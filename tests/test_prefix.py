@@ -127,7 +127,7 @@ def test_sft_rows_and_token_accounting(tok):
 
 
 def test_sft_refuses_prefix_draws(tok):
-    from upft.runio import UserError
+    from upft.errors import UserError
 
     with pytest.raises(UserError, match="full-length samples"):
         build_sft([fake_sample(tok, 0, RESPONSES[0], "prefix")], tok, end_of_turn_id(tok))

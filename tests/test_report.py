@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli
 from upft.report import write_report
-from upft.runio import UserError
+from upft.errors import UserError
 
 BENCHES = ("gsm8k", "math500")
 ENV = {"python": "3.11.9", "packages": {"torch": "2.13.0", "vllm": "0.9.9"},

@@ -9,7 +9,8 @@ import pytest
 from upft.data import Question
 from upft.generation import TransformersBackend
 from upft.models import end_of_turn_id
-from upft.runio import UserError, read_jsonl
+from upft.errors import UserError
+from upft.runio import read_jsonl
 from upft.draws import choose_full
 from upft.sampling import sample
 

@@ -7,7 +7,7 @@ from upft.evaluate import EvalSettings
 from upft.prompts import BOXED
 from upft.runio import read_json, read_jsonl
 from upft.stages import run_eval, run_prep, run_sample, run_train
-from upft.train import TrainSettings
+from upft.local_trainer import TrainSettings
 
 TRAIN_Q = "data/demo/gsm8k/train.jsonl"
 
@@ -35,7 +35,7 @@ def test_prompt_style_travels_from_sampling_to_evaluation(tmp_path, model_path):
 def test_prep_takes_L_from_sampling_and_refuses_a_longer_one(tmp_path, model_path):
     import pytest
 
-    from upft.runio import UserError
+    from upft.errors import UserError
 
     samples = tmp_path / "samples"
     run_sample(MODEL, TRAIN_Q, str(samples), answer_field="answer", limit=3, L=4, p=0.0, max_new_tokens=8,

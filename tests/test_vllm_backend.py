@@ -10,7 +10,7 @@ import pytest
 
 from upft.backends import make_backend
 from upft.generation import GenRequest, TransformersBackend
-from upft.runio import UserError
+from upft.errors import UserError
 from upft.vllm_backend import gpu_groups, prompt_input, sampling_kwargs, to_result
 
 STOP = [2, 7]

@@ -11,7 +11,7 @@ import inspect
 from dataclasses import dataclass, field
 
 from upft.generation import TransformersBackend
-from upft.runio import UserError
+from upft.errors import UserError
 from upft.schema import add_flags, check_types, from_args
 
 

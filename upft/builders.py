@@ -17,7 +17,7 @@ import random
 
 from upft.draws import request_seed
 from upft.prompts import UPFT_SUFFIX, render
-from upft.runio import UserError
+from upft.errors import UserError
 from upft.draws import choose_full
 
 METHODS = ("upft", "sft", "rft", "label_filter")  # training-set builders

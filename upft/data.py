@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from upft.runio import UserError, read_jsonl
+from upft.errors import UserError
+from upft.runio import read_jsonl
 
 
 @dataclass

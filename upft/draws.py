@@ -7,7 +7,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 
-from upft.runio import UserError
+from upft.errors import UserError
 
 
 def request_seed(base_seed: int, *parts: object) -> int:

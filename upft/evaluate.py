@@ -19,7 +19,9 @@ from upft.generation import GenRequest
 from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge, judge_rows
 from upft.prompts import messages, render
-from upft.runio import JsonlAppender, UserError, environment, write_json, write_jsonl, write_text
+from upft.errors import UserError
+from upft.manifests import environment
+from upft.runio import JsonlAppender, write_json, write_jsonl, write_text
 
 
 @dataclass

@@ -20,13 +20,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from upft import builders, launch
+from upft import builders, openrlhf_launcher
 from upft.backends import BACKEND_OPTIONS, Decoding
 from upft.evaluate import EvalSettings, check_limits
-from upft.launch import OpenRLHFSettings
-from upft.runio import UserError, cli, fingerprint, read_config, write_json
+from upft.openrlhf_launcher import OpenRLHFSettings
+from upft.configs import read_config
+from upft.errors import UserError, cli
+from upft.manifests import fingerprint
+from upft.runio import write_json
 from upft.schema import keys
-from upft.train import TrainSettings
+from upft.local_trainer import TrainSettings
 
 METHODS = ("base", *builders.METHODS)  # "base": evaluate the model as it is
 TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "keep_truncated", "defaults",
@@ -50,7 +53,7 @@ def _check_keys(path: Path, where: str, section: dict, known: set[str]) -> None:
 
 def _override(cfg: dict, item: str) -> None:
     """Apply one ``--set section.key=value`` (the value read as YAML: numbers, lists, true)."""
-    from upft.runio import load_yaml
+    from upft.configs import load_yaml
 
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -193,7 +196,7 @@ def _train(cfg: dict, prep: Path, out: Path) -> None:
     if isinstance(settings, TrainSettings):
         run_train(str(prep), cfg["model"], str(out), settings, force=True)
     else:
-        launch.train(launch.Job(str(prep), cfg["model"], str(out), settings, force=True))
+        openrlhf_launcher.train(openrlhf_launcher.Job(str(prep), cfg["model"], str(out), settings, force=True))
 
 
 def main(argv: list[str] | None) -> None:

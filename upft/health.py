@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from upft.runio import UserError
+from upft.errors import UserError
 
 # Fixed, easy prompts: any working instruct model answers them with a few varied tokens.
 PROBES = (

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from upft.runio import UserError, sha256_file
+from upft.errors import UserError
+from upft.runio import sha256_file
 
 
 @dataclass(frozen=True)

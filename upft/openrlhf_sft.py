@@ -1,6 +1,6 @@
 """OpenRLHF's SFT trainer (``openrlhf.cli.train_sft``), unchanged but for three guards.
 
-``upft.launch`` starts this module under DeepSpeed in place of ``openrlhf.cli.train_sft``;
+``upft.openrlhf_launcher`` starts this module under DeepSpeed in place of ``openrlhf.cli.train_sft``;
 it takes the same flags plus ``--upft.loss_avg sample|token`` and then runs OpenRLHF's own
 module as ``__main__``. No OpenRLHF file is copied or edited (four guards, in fact):
 
@@ -13,7 +13,7 @@ module as ``__main__``. No OpenRLHF file is copied or edited (four guards, in fa
    compensated): every row weighs the same, as in the authors' micro-batch-1 code. ``sample``
    (the default) selects that.
 2. cuDNN attention off: its backward returns NaN gradients for padded micro-batches on H100/H200
-   (pytorch#196678; see ``upft.train``).
+   (pytorch#196678; see ``upft.local_trainer``).
 3. A non-finite loss or gradient norm stops the run at that step with an ``error:`` line,
    before OpenRLHF logs it or saves anything.
 4. One end per row. OpenRLHF's SFT dataset appends ``" " + eos_token`` to every row that does
@@ -31,7 +31,7 @@ import runpy
 import sys
 
 from upft.health import check_finite
-from upft.runio import UserError
+from upft.errors import UserError
 
 LOSS_FLAG = "--upft.loss_avg"
 

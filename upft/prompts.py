@@ -26,7 +26,7 @@ def style_for(model_name: str, style: str = "auto") -> str:
     """Pick the paper's prompt style for a model family unless one is given."""
     if style != "auto":
         if style not in STYLES:
-            from upft.runio import UserError
+            from upft.errors import UserError
 
             raise UserError(f"unknown prompt style '{style}' (known: auto, {', '.join(STYLES)})")
         return style

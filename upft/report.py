@@ -17,7 +17,8 @@ from statistics import mean, stdev
 from matplotlib.figure import Figure
 
 from upft.experiment import METHODS
-from upft.runio import UserError, read_json, write_json, write_text
+from upft.errors import UserError
+from upft.runio import read_json, write_json, write_text
 
 STYLE = {"upft": ("o", "tab:red"), "sft": ("s", "tab:blue"), "rft": ("^", "tab:green"),
          "label_filter": ("D", "tab:purple")}

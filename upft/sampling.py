@@ -13,7 +13,8 @@ from upft.data import Question
 from upft.draws import choose_full, request_seed
 from upft.generation import GenRequest
 from upft.prompts import messages, render
-from upft.runio import JsonlAppender, UserError
+from upft.errors import UserError
+from upft.runio import JsonlAppender
 
 
 def sample(

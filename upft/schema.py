@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from upft.runio import UserError
+from upft.errors import UserError
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 

@@ -20,10 +20,11 @@ from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model, sampling_defaults
 from upft.prompts import style_for
-from upft.runio import (JsonlAppender, UserError, abandon_stage, read_json, read_jsonl, sha256_file, begin_stage, write_json,
-                        write_jsonl, write_manifest)
+from upft.errors import UserError
+from upft.manifests import abandon_stage, begin_stage, write_manifest
+from upft.runio import JsonlAppender, read_json, read_jsonl, sha256_file, write_json, write_jsonl
 from upft.sampling import sample
-from upft.train import TrainSettings, train
+from upft.local_trainer import TrainSettings, train
 
 
 def _skip(out: Path, settings: dict, outputs: list[str], force: bool) -> bool:

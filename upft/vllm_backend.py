@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from upft.generation import GenRequest, GenResult
-from upft.runio import UserError
+from upft.errors import UserError
 
 
 def prompt_input(req: GenRequest) -> dict:

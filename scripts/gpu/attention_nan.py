@@ -19,8 +19,9 @@ import torch
 
 from upft.models import end_of_turn_id, load_model, load_tokenizer, resolve_model
 from upft.prompts import messages, render
-from upft.runio import environment, read_jsonl, write_json
-from upft.train import collate, loss_fn, tensorise
+from upft.manifests import environment
+from upft.runio import read_jsonl, write_json
+from upft.local_trainer import collate, loss_fn, tensorise
 
 WIDTHS = (192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024)
 

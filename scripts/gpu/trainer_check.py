@@ -16,7 +16,8 @@ import math
 from pathlib import Path
 from statistics import mean
 
-from upft.runio import UserError, cli, read_json, read_jsonl, write_json
+from upft.errors import UserError, cli
+from upft.runio import read_json, read_jsonl, write_json
 
 REQUIRED = ("local-upft-mb8", "local-sft-mb8", "openrlhf-upft", "openrlhf-sft")  # issue 10's four runs
 SHORT = 3 * 32  # an answer that ends within 3 x L tokens stopped where UPFT's prefixes end

@@ -10,7 +10,7 @@ import argparse
 
 from upft.evaluate import EvalSettings, parse_limits
 from upft.backends import add_decoding_args, backend_options, check_decoding
-from upft.runio import cli
+from upft.errors import cli
 from upft.stages import run_eval
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from upft.runio import cli
+from upft.errors import cli
 from upft.builders import METHODS
 from upft.stages import run_prep
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from upft.report import write_report
-from upft.runio import cli
+from upft.errors import cli
 
 
 def main(argv: list[str] | None) -> None:

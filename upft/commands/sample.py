@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from upft.backends import add_decoding_args, backend_options, check_decoding
-from upft.runio import cli
+from upft.errors import cli
 from upft.stages import run_sample
 
 

@@ -14,7 +14,8 @@ import random
 from pathlib import Path
 
 from upft.data import BENCHMARKS, read_rows
-from upft.runio import UserError, cli, write_json, write_jsonl
+from upft.errors import UserError, cli
+from upft.runio import write_json, write_jsonl
 
 
 def main(argv: list[str] | None) -> None:

@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 from upft.evaluate import markdown_table
-from upft.runio import UserError, cli, read_json, write_text
+from upft.errors import UserError, cli
+from upft.runio import read_json, write_text
 
 
 def main(argv: list[str] | None) -> None:

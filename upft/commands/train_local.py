@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from upft.runio import cli
+from upft.errors import cli
 from upft.schema import add_flags, from_args
 from upft.stages import run_train
-from upft.train import TrainSettings
+from upft.local_trainer import TrainSettings
 
 
 def main(argv: list[str] | None) -> None:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from conftest import run_cli
-from upft.launch import command, loss_curve, main, parse
-from upft.runio import UserError, write_json
+from upft.openrlhf_launcher import command, loss_curve, main, parse
+from upft.errors import UserError
+from upft.runio import write_json
 
 
 @pytest.fixture
@@ -120,11 +121,11 @@ def test_loss_curve_is_read_from_tensorboard_events(tmp_path):
 def test_more_gpus_than_present_is_one_error_line(data, tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
-    r = run_cli("upft/launch.py", "--data", str(data), "--model", str(tmp_path / "m"), "--out",
+    r = run_cli("upft/openrlhf_launcher.py", "--data", str(data), "--model", str(tmp_path / "m"), "--out",
                 str(tmp_path / "o"), "--gpus", "2", "--batch-size", "2")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: asked for 2 GPUs on this node but 0 are visible"
     assert not (tmp_path / "o").exists()
-    r = run_cli("upft/launch.py", "--data", str(data), "--model", str(tmp_path / "nope"), "--out", "o")
+    r = run_cli("upft/openrlhf_launcher.py", "--data", str(data), "--model", str(tmp_path / "nope"), "--out", "o")
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "nope" in r.stderr
 
 
@@ -145,7 +146,7 @@ def test_the_runner_hands_the_launcher_its_settings_not_an_argv(data, monkeypatc
     """An experiment config's openrlhf section becomes OpenRLHFSettings (one schema with the flags)
     and reaches the launcher as a Job; the command is the one the same flags give."""
     from conftest import REPO
-    from upft import experiment, launch
+    from upft import experiment, openrlhf_launcher as launch
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     jobs = []

@@ -6,12 +6,12 @@ node). The paper's settings are the defaults. The chat template always comes fro
 folder (``--data.apply_chat_template``), so OpenRLHF's "User: {}\\nAssistant: " default
 template can never be used by accident.
 
-  python -m upft.launch --data R/prep --model R/base-hf --out R/model-openrlhf --gpus 8 [--dry-run]
-  python -m upft.launch --config configs/x.yaml --data R/prep --model M --out R/model   (flags override the file)
+  python -m upft.openrlhf_launcher --data R/prep --model R/base-hf --out R/model-openrlhf --gpus 8 [--dry-run]
+  python -m upft.openrlhf_launcher --config configs/x.yaml --data R/prep --model M --out R/model   (flags override the file)
 
 OpenRLHF runs through ``upft.openrlhf_sft``, which sets the loss weighting (``--loss-avg``:
 ``sample``, the authors' per-row mean, by default; ``token`` is OpenRLHF's own default), turns
-off cuDNN attention (NaN gradients on padded batches, see ``upft.train``) and stops on a
+off cuDNN attention (NaN gradients on padded batches, see ``upft.local_trainer``) and stops on a
 non-finite loss or gradient norm. The model is written to OUT.tmp and becomes OUT only after
 ``upft.health.check_model`` passes (finite weights, non-degenerate greedy answers).
 
@@ -34,8 +34,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from upft.runio import (UserError, abandon_stage, begin_stage, cli, read_config, read_jsonl, release_stage,
-                        sha256_file, write_jsonl, write_manifest)
+from upft.configs import read_config
+from upft.errors import UserError, cli
+from upft.manifests import abandon_stage, begin_stage, release_stage, write_manifest
+from upft.runio import read_jsonl, sha256_file, write_jsonl
 from upft.schema import add_flags, check_types, from_args, keys
 
 

@@ -38,7 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upft.health import answer_lengths, check_finite, check_model, early_stop_limit
-from upft.runio import UserError, read_json, release_stage, write_json, write_jsonl, write_manifest
+from upft.errors import UserError
+from upft.manifests import release_stage, write_manifest
+from upft.runio import read_json, write_json, write_jsonl
 from upft.schema import check_types
 
 

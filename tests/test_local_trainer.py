@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from upft.runio import UserError, read_json, read_jsonl
-from upft.train import TrainSettings, collate, loss_fn, one_process_one_device, response_nll, tensorise
+from upft.errors import UserError
+from upft.runio import read_json, read_jsonl
+from upft.local_trainer import TrainSettings, collate, loss_fn, one_process_one_device, response_nll, tensorise
 
 
 ROWS = [
@@ -57,7 +58,7 @@ def test_lora_training_saves_a_merged_plain_folder(tmp_path, model_path, tok):
     from upft.builders import build_upft
     from upft.models import end_of_turn_id
     from upft.stages import run_train
-    from upft.train import TrainSettings
+    from upft.local_trainer import TrainSettings
 
     rows, _ = build_upft([fake_sample(tok, i, t, "prefix") for i, t in enumerate(RESPONSES)], tok,
                          end_of_turn_id(tok), L=8)
@@ -116,12 +117,12 @@ def test_a_set_smaller_than_one_batch_still_trains_at_the_full_rate(tmp_path, mo
     restored after; check_finite runs at every optimizer step, inside training."""
     from transformers import AutoModelForCausalLM
 
-    import upft.train
+    import upft.local_trainer
     from upft.stages import run_train
 
     cudnn_during = []
-    real = upft.train.check_finite
-    monkeypatch.setattr(upft.train, "check_finite",
+    real = upft.local_trainer.check_finite
+    monkeypatch.setattr(upft.local_trainer, "check_finite",
                         lambda step, values: (cudnn_during.append(torch.backends.cuda.cudnn_sdp_enabled()),
                                               real(step, values)))
     before = torch.backends.cuda.cudnn_sdp_enabled()
