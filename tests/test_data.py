@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO, SHARED_DATA
-from upft.data import load_benchmark, load_questions
+from upft.data import load_benchmark, load_questions, questions_from_rows
 from upft.errors import UserError
 
 ROWS = [{"q": "What is 1 + 1?", "a": "1 + 1 = 2\n#### 2", "key": "x1"},
@@ -127,3 +127,20 @@ def test_dev_split_is_fixed_disjoint_and_evaluable(tmp_path):
     assert (tmp_path / "a" / "gsm8k" / "test.jsonl").read_text() == (tmp_path / "b" / "gsm8k" / "test.jsonl").read_text()
     r = run_cli("data_prep/split_dev.py", "--questions", src, "--n-dev", "40", "--out", str(tmp_path / "c"))
     assert r.returncode == 2 and r.stderr.startswith("error: --n-dev must be between 1 and 39")
+
+
+def test_unique_questions_count_toward_the_limit_and_rows_are_read_only_as_far_as_needed(tmp_path):
+    """OpenMathInstruct-2 style: several rows per problem. With unique, the limit counts distinct
+    problems; rows are consumed lazily (a hub split is streamed), never read past the limit."""
+    rows = [{"problem": p, "expected_answer": "1"} for p in ["a", "a", "b", "a", "c", "b", "d"]]
+
+    def stream():
+        yield from rows[:5]
+        raise AssertionError("read past the third distinct question")
+
+    qs = questions_from_rows(stream(), "omi2", "problem", "expected_answer", None, limit=3, unique=True)
+    assert [(q.id, q.text) for q in qs] == [("0", "a"), ("2", "b"), ("4", "c")]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [q.text for q in load_questions(str(path), "problem", unique=True)] == ["a", "b", "c", "d"]
+    assert len(load_questions(str(path), "problem")) == 7  # without unique every row is a question

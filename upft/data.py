@@ -8,6 +8,8 @@ so the same command runs offline.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +30,9 @@ def gold_from_solution(answer: str) -> str:
     return answer.split("####")[-1].strip() if "####" in answer else answer.strip()
 
 
-def read_rows(source: str, split: str = "train", config: str | None = None) -> list[dict]:
-    """Rows of a local .jsonl/.json/.parquet/.csv file, or of a hub dataset split."""
+def read_rows(source: str, split: str = "train", config: str | None = None) -> Iterable[dict]:
+    """Rows of a local .jsonl/.json/.parquet/.csv file (a list), or of a hub dataset split, streamed:
+    a large set (OpenMathInstruct-2 has 14M rows) is read only as far as the questions wanted."""
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()
@@ -59,7 +62,7 @@ def read_rows(source: str, split: str = "train", config: str | None = None) -> l
     import datasets
 
     try:
-        return list(datasets.load_dataset(source, config, split=split))
+        return datasets.load_dataset(source, config, split=split, streaming=True)
     except Exception as e:  # hub errors are many and library-specific; report them in one line
         raise UserError(f"could not load hub dataset {source} ({config}, {split}): {e}") from None
 
@@ -72,21 +75,21 @@ def load_questions(
     split: str = "train",
     config: str | None = None,
     limit: int | None = None,
+    unique: bool = False,
 ) -> list[Question]:
-    """Questions from a file or hub dataset with configurable field names."""
+    """Questions from a file or hub dataset with configurable field names. ``unique``: keep the
+    first row of each distinct question (OpenMathInstruct-2 holds several solutions per problem)."""
     return questions_from_rows(read_rows(source, split, config), source, question_field, answer_field, id_field,
-                               limit)
+                               limit, unique)
 
 
-def questions_from_rows(rows: list[dict], source: str, question_field: str, answer_field: str | None,
-                        id_field: str | None, limit: int | None = None) -> list[Question]:
-    """Check the fields of loaded rows and turn them into Questions (ids must be unique)."""
-    if not rows:
-        raise UserError(f"{source}: no questions")
+def questions_from_rows(rows: Iterable[dict], source: str, question_field: str, answer_field: str | None,
+                        id_field: str | None, limit: int | None = None, unique: bool = False) -> list[Question]:
+    """Check the fields of loaded rows and turn them into Questions (ids must be unique). Rows are
+    read only until ``limit`` questions are found; with ``unique`` the limit counts distinct ones."""
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
-    rows = rows[:limit] if limit else rows
-    out = []
+    out, seen, repeated = [], set(), 0
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise UserError(f"{source}: row {i + 1} is not an object")
@@ -96,9 +99,20 @@ def questions_from_rows(rows: list[dict], source: str, question_field: str, answ
         if not isinstance(row[question_field], str) or not row[question_field].strip():
             raise UserError(f"{source}: row {i + 1}: '{question_field}' is not a non-empty string "
                             f"(got {row[question_field]!r:.40})")
+        if unique:
+            if row[question_field] in seen:
+                repeated += 1
+                continue
+            seen.add(row[question_field])
         answer = gold_from_solution(str(row[answer_field])) if answer_field else None
         qid = str(row[id_field]) if id_field else str(i)
         out.append(Question(qid, row[question_field], answer))
+        if len(out) == limit:
+            break
+    if not out:
+        raise UserError(f"{source}: no questions")
+    if repeated:
+        print(f"[questions] {source}: {repeated} rows repeat an earlier question and were left out", file=sys.stderr)
     if len({q.id for q in out}) != len(out):
         raise UserError(f"{source}: question ids are not unique (field {id_field or 'row index'})")
     return out
@@ -164,7 +178,7 @@ def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = N
         raise UserError(f"{name} has no hub dataset; pass --data-dir with a folder holding {b.local_file}")
     else:
         source = b.hub_id
-    rows = read_rows(source, b.split, b.config)
+    rows = list(read_rows(source, b.split, b.config))  # small sets: the options are read by row below
     questions = questions_from_rows(rows, source, b.question_field, b.answer_field, b.id_field, limit)
     if b.kind != "choice":
         return questions

@@ -34,7 +34,7 @@ from upft.local_trainer import TrainSettings
 METHODS = ("base", *builders.METHODS)  # "base": evaluate the model as it is
 TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "keep_truncated", "defaults",
        "questions", "sample", "train", "eval"}
-QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit"}
+QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit", "unique"}
 SAMPLE = keys(Decoding) - {"seed"} | {"n"}  # the run's seed is the config's
 LOCAL_TRAIN = keys(TrainSettings) - {"seed"}
 OPENRLHF_TRAIN = keys(OpenRLHFSettings) - {"seed"}

@@ -26,7 +26,9 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--id-field", help="question id field (default: row index)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--config", help="hub dataset config name")
-    ap.add_argument("--limit", type=int)
+    ap.add_argument("--limit", type=int, help="the first N questions (with --unique, N distinct ones)")
+    ap.add_argument("--unique", action="store_true",
+                    help="keep the first row of each distinct question (OpenMathInstruct-2 repeats each problem)")
     ap.add_argument("--mode", choices=["upft", "full"], default="upft")
     ap.add_argument("--L", type=int, default=32, help="prefix length in tokens")
     ap.add_argument("--p", type=float, default=0.1, help="fraction of questions sampled in full")
@@ -37,7 +39,8 @@ def main(argv: list[str] | None) -> None:
     a = ap.parse_args(argv)
     check_decoding(a)
     run_sample(a.model, a.questions, a.out, question_field=a.question_field, answer_field=a.answer_field,
-               id_field=a.id_field, split=a.split, config=a.config, limit=a.limit, mode=a.mode, L=a.L, p=a.p,
+               id_field=a.id_field, split=a.split, config=a.config, limit=a.limit, unique=a.unique,
+               mode=a.mode, L=a.L, p=a.p,
                n=a.n, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
                seed=a.seed, prompt_style=a.prompt_style, backend=a.backend,
                gguf_sha256=a.gguf_sha256, force=a.force, **backend_options(a))

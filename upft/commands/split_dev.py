@@ -30,7 +30,7 @@ def main(argv: list[str] | None) -> None:
     a = ap.parse_args(argv)
     if a.bench not in BENCHMARKS or BENCHMARKS[a.bench].kind != "math":
         raise UserError(f"--as must be a math benchmark ({', '.join(b for b, x in BENCHMARKS.items() if x.kind == 'math')})")
-    rows = read_rows(a.questions, a.split, a.config)
+    rows = list(read_rows(a.questions, a.split, a.config))
     if not 0 < a.n_dev < len(rows):
         raise UserError(f"--n-dev must be between 1 and {len(rows) - 1} (the file has {len(rows)} questions)")
     dev = set(random.Random(a.seed).sample(range(len(rows)), a.n_dev))  # fixed by the seed and the file
