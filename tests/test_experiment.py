@@ -114,3 +114,13 @@ def test_bad_configs_give_one_error_line_naming_the_key(tmp_path, case, message)
     r = run_cli("upft/experiment.py", path, "--runs-dir", str(tmp_path / "runs"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message.split(":")[0] in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_configs_seed_reaches_evaluation(tmp_path):
+    """One seed for every stage: a config's seed is the seed of its sampled evaluation (avg@n)."""
+    from upft.experiment import run
+
+    cfg = write(tmp_path / "base.yaml", {**COMMON, "method": "base", "seed": 3,
+                                         "eval": {**COMMON["eval"], "max_new_tokens": 2, "limit": 1}})
+    summary = json.loads((run(cfg, str(tmp_path / "runs")) / "eval" / "summary.json").read_text())
+    assert summary["settings"]["seed"] == 3

@@ -177,7 +177,7 @@ def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:
     bench = e.pop("benchmarks")
     common = {k: e.pop(k) for k in ("data_dir", "prompt_style", "backend", "judge", *BACKEND_OPTIONS) if k in e}
     limits = check_limits(e.pop("max_new_tokens_for", {}))
-    settings = EvalSettings(**e, max_new_tokens_by=limits)
+    settings = EvalSettings(**e, max_new_tokens_by=limits, seed=cfg["seed"])  # the seed of sampled avg@n
     label = cfg.get("label") or default_label(cfg)
     run_eval(model, str(run_dir / "eval"), bench, settings, label=label, force=True, **common)
     stages["eval"] = "eval"
