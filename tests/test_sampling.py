@@ -77,18 +77,19 @@ def test_a_resumed_stage_reports_the_time_of_every_run(tmp_path):
     manifest must count those seconds too, and the finished folder keeps no clock."""
     from conftest import MODEL, REPO
     from upft.runio import read_json
+    from upft.data import QuestionSource
     from upft.stages import run_sample
 
     out = tmp_path / "s"
-    run_sample(MODEL, str(REPO / "data/demo/gsm8k/train.jsonl"), str(out), answer_field="answer", limit=2, L=4,
-               p=0.0, max_new_tokens=8, seed=0)
+    run_sample(MODEL, QuestionSource(str(REPO / "data/demo/gsm8k/train.jsonl"), answer_field="answer", limit=2),
+               str(out), L=4, p=0.0, max_new_tokens=8, seed=0)
     first = read_jsonl(out / "samples.jsonl")
     (out / "samples.jsonl").unlink()
     (out / "manifest.json").unlink()
     (out / "samples.jsonl.partial").write_text(json.dumps(first[0]) + "\n")
     (out / "samples.jsonl.partial.wall_s").write_text("1000.0")
-    run_sample(MODEL, str(REPO / "data/demo/gsm8k/train.jsonl"), str(out), answer_field="answer", limit=2, L=4,
-               p=0.0, max_new_tokens=8, seed=0)
+    run_sample(MODEL, QuestionSource(str(REPO / "data/demo/gsm8k/train.jsonl"), answer_field="answer", limit=2),
+               str(out), L=4, p=0.0, max_new_tokens=8, seed=0)
     assert read_jsonl(out / "samples.jsonl")[0] == first[0]
     assert 1000.0 < read_json(out / "manifest.json")["wall_s"] < 1100.0
     assert not (out / "samples.jsonl.partial.wall_s").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import MODEL
+from upft.data import QuestionSource
 from upft.evaluate import EvalSettings
 from upft.prompts import BOXED
 from upft.runio import read_json, read_jsonl
@@ -18,8 +19,8 @@ def test_prompt_style_travels_from_sampling_to_evaluation(tmp_path, model_path):
     asked for nothing, gets its family's default (boxed for SmolLM2)."""
     samples, prep = tmp_path / "samples", tmp_path / "prep"
     model = tmp_path / "ablation-L8-s0" / "model"
-    run_sample(MODEL, TRAIN_Q, str(samples), answer_field="answer", limit=2, L=4, p=0.0, max_new_tokens=8,
-               prompt_style="plain", batch_size=8)
+    run_sample(MODEL, QuestionSource(TRAIN_Q, answer_field="answer", limit=2), str(samples), L=4, p=0.0,
+               max_new_tokens=8, prompt_style="plain", batch_size=8)
     run_prep(str(samples), str(prep), L=4)
     run_train(str(prep), MODEL, str(model), TrainSettings(lr=1e-5, batch_size=2, micro_batch=2, device="cpu"))
     assert read_json(prep / "manifest.json")["settings"]["style"] == "plain"
@@ -38,8 +39,8 @@ def test_prep_takes_L_from_sampling_and_refuses_a_longer_one(tmp_path, model_pat
     from upft.errors import UserError
 
     samples = tmp_path / "samples"
-    run_sample(MODEL, TRAIN_Q, str(samples), answer_field="answer", limit=3, L=4, p=0.0, max_new_tokens=8,
-               batch_size=8)
+    run_sample(MODEL, QuestionSource(TRAIN_Q, answer_field="answer", limit=3), str(samples), L=4, p=0.0,
+               max_new_tokens=8, batch_size=8)
     with pytest.raises(UserError, match="L=8 is longer than the 4 tokens sampled per prefix"):
         run_prep(str(samples), str(tmp_path / "prep8"), L=8)
     assert not (tmp_path / "prep8").exists()
@@ -83,8 +84,8 @@ def test_sampling_takes_top_p_and_top_k_from_the_model_and_nothing_leaks_into_gr
     (folder / "generation_config.json").write_text(json.dumps(gc))
 
     for name, explicit, want in (("s1", {}, (0.8, 20)), ("s2", {"top_p": 0.95, "top_k": 0}, (0.95, 0))):
-        run_sample(str(folder), TRAIN_Q, str(tmp_path / name), limit=1, L=2, p=0.0, max_new_tokens=2,
-                   batch_size=8, **explicit)
+        run_sample(str(folder), QuestionSource(TRAIN_Q, limit=1), str(tmp_path / name), L=2, p=0.0,
+                   max_new_tokens=2, batch_size=8, **explicit)
         settings = read_json(tmp_path / name / "manifest.json")["settings"]
         assert (settings["top_p"], settings["top_k"]) == want
 

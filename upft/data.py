@@ -83,6 +83,27 @@ def load_questions(
                                limit, unique)
 
 
+@dataclass(frozen=True)
+class QuestionSource:
+    """Where training questions come from and how their rows are read: the sampling command's
+    flags (``--questions`` for ``source``) and the keys of a config's ``questions:`` section."""
+
+    source: str  # a .jsonl/.json/.parquet/.csv file or a hub dataset id
+    question_field: str = "question"
+    answer_field: str | None = field(default=None, metadata={
+        "help": "reference answers, kept for RFT / Label Filter (optional)"})
+    id_field: str | None = field(default=None, metadata={"help": "question id field (default: row index)"})
+    split: str = "train"
+    config: str | None = field(default=None, metadata={"help": "hub dataset config name"})
+    limit: int | None = field(default=None, metadata={"help": "the first N questions (with --unique, N distinct ones)"})
+    unique: bool = field(default=False, metadata={
+        "help": "keep the first row of each distinct question (OpenMathInstruct-2 repeats each problem)"})
+
+    def load(self) -> list[Question]:
+        return load_questions(self.source, self.question_field, self.answer_field, self.id_field, self.split,
+                              self.config, self.limit, self.unique)
+
+
 def questions_from_rows(rows: Iterable[dict], source: str, question_field: str, answer_field: str | None,
                         id_field: str | None, limit: int | None = None, unique: bool = False) -> list[Question]:
     """Check the fields of loaded rows and turn them into Questions (ids must be unique). Rows are

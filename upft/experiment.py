@@ -22,19 +22,20 @@ from pathlib import Path
 
 from upft import builders, openrlhf_launcher
 from upft.backends import BACKEND_OPTIONS, Decoding
+from upft.data import QuestionSource
 from upft.evaluate import EvalSettings, check_limits
 from upft.openrlhf_launcher import OpenRLHFSettings
 from upft.configs import read_config
 from upft.errors import UserError, cli
 from upft.manifests import fingerprint
 from upft.runio import write_json
-from upft.schema import keys
+from upft.schema import check_types, keys
 from upft.local_trainer import TrainSettings
 
 METHODS = ("base", *builders.METHODS)  # "base": evaluate the model as it is
 TOP = {"name", "label", "model", "method", "seed", "L", "p", "suffix", "keep_truncated", "defaults",
        "questions", "sample", "train", "eval"}
-QUESTIONS = {"source", "question_field", "answer_field", "id_field", "split", "config", "limit", "unique"}
+QUESTIONS = keys(QuestionSource)
 SAMPLE = keys(Decoding) - {"seed"} | {"n"}  # the run's seed is the config's
 LOCAL_TRAIN = keys(TrainSettings) - {"seed"}
 OPENRLHF_TRAIN = keys(OpenRLHFSettings) - {"seed"}
@@ -116,6 +117,10 @@ def _check_values(path: Path, cfg: dict) -> None:
         if not ok(cfg[key]):
             raise UserError(f"{path}: {key} must be {want}, got {cfg[key]!r}")
     try:
+        if cfg["method"] != "base":
+            check_types(q := QuestionSource(**cfg["questions"]), "questions")
+            if q.limit is not None and q.limit < 1:
+                raise UserError(f"questions.limit must be at least 1, got {q.limit}")
         train_settings(cfg).check()
         for section in ("sample", "eval"):
             Decoding(**{k: v for k, v in cfg[section].items() if k in keys(Decoding)}).check(section)
@@ -147,8 +152,7 @@ def sample_settings(cfg: dict) -> dict:
         raise UserError(f"{method} uses one sample per question; sample.n must be 1")
     q = cfg["questions"]
     prefix = {"L": cfg["L"], "p": cfg["p"]} if mode == "upft" else {}  # a full pool is shared across L and p
-    return {"model": cfg["model"], "questions": q["source"],
-            **{k: v for k, v in q.items() if k != "source"}, "mode": mode, "n": n, **prefix,
+    return {"model": cfg["model"], "questions": QuestionSource(**q), "mode": mode, "n": n, **prefix,
             "seed": cfg["seed"], **s}
 
 

@@ -13,6 +13,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import asdict, is_dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ _LOCKS: dict[Path, int] = {}  # stage folders this process is writing, and their
 
 def fingerprint(settings: dict) -> str:
     """A short stable hash of the settings that determine a stage's output."""
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    blob = json.dumps(settings, sort_keys=True, default=lambda o: asdict(o) if is_dataclass(o) else str(o)).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

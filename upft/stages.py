@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from upft import builders
-from upft.data import BENCHMARKS, load_benchmark, load_questions
+from upft.data import BENCHMARKS, QuestionSource, load_benchmark
 from upft.evaluate import EvalSettings, check_golds, evaluate
 from upft.backends import make_backend
 from upft.grading import Grader, unparsable_golds
@@ -77,25 +78,21 @@ def _backend(name: str, model_path: str, tokenizer, **options):
     return make_backend(name, model_path, tokenizer, stop, **options)
 
 
-def run_sample(model: str, questions: str, out: str, *, question_field: str = "question",
-               answer_field: str | None = None, id_field: str | None = None, split: str = "train",
-               config: str | None = None, limit: int | None = None, unique: bool = False, mode: str = "upft",
-               L: int = 32, p: float = 0.1, n: int = 1, max_new_tokens: int = 1024, temperature: float = 0.6,
-               top_p: float | None = None, top_k: int | None = None, seed: int = 0, prompt_style: str = "auto",
-               backend: str = "transformers", gguf_sha256: str | None = None, force: bool = False,
-               **backend_options) -> Path:
+def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "upft", L: int = 32, p: float = 0.1,
+               n: int = 1, max_new_tokens: int = 1024, temperature: float = 0.6, top_p: float | None = None,
+               top_k: int | None = None, seed: int = 0, prompt_style: str = "auto", backend: str = "transformers",
+               gguf_sha256: str | None = None, force: bool = False, **backend_options) -> Path:
     """Sample training responses into ``out/samples.jsonl``."""
     if L <= 0:
         raise UserError(f"L must be a positive number of tokens, got {L}")
     if not 0.0 <= p <= 1.0:
         raise UserError(f"p must be in [0, 1], got {p}")
-    qs = load_questions(questions, question_field, answer_field, id_field, split, config, limit, unique)
+    qs = questions.load()
     model_path = resolve_model(model, gguf_sha256)
     style = _model_style(model, model_path, prompt_style)
     top_p, top_k = _top_p_k(model_path, top_p, top_k)
     upft = mode == "upft"  # a full-length pool does not depend on L or p: methods with any L share it
-    settings = {"model": model_path, "questions": questions, "n_questions": len(qs), "unique": unique,
-                "split": split,
+    settings = {"model": model_path, "questions": asdict(questions), "n_questions": len(qs),
                 "mode": mode, "L": L if upft else None, "p": p if upft else None, "n": n,
                 "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed, "style": style,

@@ -13,6 +13,8 @@ import argparse
 
 from upft.backends import add_decoding_args, backend_options, check_decoding
 from upft.errors import cli
+from upft.data import QuestionSource
+from upft.schema import add_flags, keys
 from upft.stages import run_sample
 
 
@@ -21,14 +23,7 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--model", required=True, help="embedded name, local HF folder, .gguf file or hub id")
     ap.add_argument("--gguf-sha256", help="expected sha256 of a local .gguf model")
     ap.add_argument("--questions", required=True, help=".jsonl/.json/.parquet/.csv file or hub dataset id")
-    ap.add_argument("--question-field", default="question")
-    ap.add_argument("--answer-field", help="reference answers, kept for RFT / Label Filter (optional)")
-    ap.add_argument("--id-field", help="question id field (default: row index)")
-    ap.add_argument("--split", default="train")
-    ap.add_argument("--config", help="hub dataset config name")
-    ap.add_argument("--limit", type=int, help="the first N questions (with --unique, N distinct ones)")
-    ap.add_argument("--unique", action="store_true",
-                    help="keep the first row of each distinct question (OpenMathInstruct-2 repeats each problem)")
+    add_flags(ap, QuestionSource, skip=("source",))
     ap.add_argument("--mode", choices=["upft", "full"], default="upft")
     ap.add_argument("--L", type=int, default=32, help="prefix length in tokens")
     ap.add_argument("--p", type=float, default=0.1, help="fraction of questions sampled in full")
@@ -38,12 +33,10 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--force", action="store_true", help="replace a different run in --out")
     a = ap.parse_args(argv)
     check_decoding(a)
-    run_sample(a.model, a.questions, a.out, question_field=a.question_field, answer_field=a.answer_field,
-               id_field=a.id_field, split=a.split, config=a.config, limit=a.limit, unique=a.unique,
-               mode=a.mode, L=a.L, p=a.p,
-               n=a.n, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-               seed=a.seed, prompt_style=a.prompt_style, backend=a.backend,
-               gguf_sha256=a.gguf_sha256, force=a.force, **backend_options(a))
+    questions = QuestionSource(a.questions, **{k: getattr(a, k) for k in keys(QuestionSource) - {"source"}})
+    run_sample(a.model, questions, a.out, mode=a.mode, L=a.L, p=a.p, n=a.n, max_new_tokens=a.max_new_tokens,
+               temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, prompt_style=a.prompt_style,
+               backend=a.backend, gguf_sha256=a.gguf_sha256, force=a.force, **backend_options(a))
 
 
 def entry() -> None:
