@@ -35,11 +35,31 @@ def test_gguf_failing_its_checksum_is_refused(tmp_path):
 
 
 def test_model_specs(tmp_path):
-    assert resolve_model("Qwen/Qwen2.5-Math-7B-Instruct") == "Qwen/Qwen2.5-Math-7B-Instruct"
     for spec in ["./no/such/model", "missing.gguf", "not-a-model", str(tmp_path)]:
         with pytest.raises(UserError):
             resolve_model(spec)
     assert set(EMBEDDED) >= {"smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct"}
+
+
+def test_hub_ids_are_checked_before_anything_runs(tmp_path, monkeypatch):
+    """A hub id in the local hub cache is taken as it is; one that is not, offline or unreachable
+    (or unknown), is one error line at once instead of a minute of retries and a traceback."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--Qwen--Qwen2.5-Math-7B-Instruct" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (cache / "models--Qwen--Qwen2.5-Math-7B-Instruct" / "refs").mkdir()
+    (cache / "models--Qwen--Qwen2.5-Math-7B-Instruct" / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert resolve_model("Qwen/Qwen2.5-Math-7B-Instruct") == "Qwen/Qwen2.5-Math-7B-Instruct"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="hub model upft-tests/no-such-model is not in the local cache and HF_HUB_OFFLINE=1"):
+        resolve_model("upft-tests/no-such-model")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(UserError, match="cannot reach the hub model upft-tests/no-such-model \\("):
+        resolve_model("upft-tests/no-such-model")  # no network here; an unknown id online
 
 
 def test_two_first_time_conversions_at_once_do_not_collide(tmp_path, model_path):

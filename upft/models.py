@@ -72,8 +72,27 @@ def resolve_model(spec: str, gguf_sha256: str | None = None) -> str:
             raise UserError(f"{path} is not a model folder (no config.json)")
         return str(path)
     if HUB_ID.match(spec) and not spec.endswith(".gguf") and not spec.startswith("."):
-        return spec
+        return _hub_model(spec)
     raise UserError(f"model not found: {spec} (not an embedded name, a local folder, a .gguf file or a hub id)")
+
+
+def _hub_model(repo_id: str) -> str:
+    """A hub id, checked before anything runs: in the local hub cache, or reachable now. Left to
+    ``from_pretrained``, an unreachable id retries for about a minute and ends in a long traceback."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return repo_id
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError(f"hub model {repo_id} is not in the local cache and HF_HUB_OFFLINE=1; "
+                        "download it first, or pass a local folder, a .gguf file or an embedded name")
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except Exception as e:  # offline, unknown, gated: many library-specific errors, one line for the user
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot reach the hub model {repo_id} ({type(e).__name__}: {first}); pass a local folder, "
+                        "a .gguf file or an embedded name") from None
+    return repo_id
 
 
 def _fetch_embedded(name: str) -> Path:
