@@ -96,3 +96,28 @@ def test_prep_cli_rft_end_to_end_and_without_answers(tok, tmp_path, model_path):
                 str(tmp_path / "rft2"))
     assert r.returncode == 2 and r.stderr.strip() == "error: rft needs reference answers: sample with --answer-field set"
     assert not (tmp_path / "rft2").exists()
+
+
+def test_prm12k_is_math_minus_math500_with_boxed_answers(tmp_path):
+    """The PRM-12K builder on a fixture: MATH-500 problems are left out (whitespace aside), answers
+    are the last boxed value of each solution, a problem without one is skipped and counted."""
+    from upft.runio import read_jsonl
+
+    math500 = tmp_path / "math500.jsonl"
+    math500.write_text("".join(json.dumps({"problem": f"Held {k}?", "answer": str(k)}) + "\n" for k in range(500)))
+    math = tmp_path / "math.jsonl"
+    rows = [{"problem": "What is 1+1?", "solution": "It is $\\boxed{2}$.", "level": "Level 1", "type": "Algebra"},
+            {"problem": "Held  7?", "solution": "\\boxed{7}"},  # in MATH-500 (extra space): left out
+            {"problem": "Half of 1?", "solution": "First \\boxed{1}, then \\boxed{\\frac{1}{2}}."},
+            {"problem": "No box?", "solution": "The answer is 3."}]
+    math.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "prm12k.jsonl"
+    r = run_cli("data_prep/build_prm12k.py", "--math", str(math), "--math500", str(math500), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "(1 of MATH-500 left out, 1 without a boxed answer skipped)" in r.stderr
+    got = read_jsonl(out)
+    assert [(g["problem"], g["answer"]) for g in got] == [("What is 1+1?", "2"), ("Half of 1?", "\\frac{1}{2}")]
+    assert got[0]["level"] == "Level 1"
+    r = run_cli("data_prep/build_prm12k.py", "--math", str(math500), "--math500", str(math500), "--out",
+                str(tmp_path / "x.jsonl"))
+    assert r.returncode == 2 and "rows need 'problem' and 'solution' fields" in r.stderr

@@ -106,6 +106,7 @@ def test_console_entry_points_and_script_paths_run_the_same_commands():
                          ("data_prep/split_dev.py", "upft.commands.split_dev"),
                          ("train/train_local.py", "upft.commands.train_local"),
                          ("eval/run_eval.py", "upft.commands.evaluate"), ("eval/make_table.py", "upft.commands.table"),
+                         ("data_prep/build_prm12k.py", "upft.commands.prm12k"),
                          ("eval/report.py", "upft.commands.report")]:
         assert module in targets and f"from {module} import entry" in (REPO / path).read_text(), path
     r = run_cli("data_prep/build.py", "--help")

@@ -69,6 +69,15 @@ def _boxed_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def last_boxed(text: str) -> str | None:
+    """The content of the last complete \\boxed{...}, or None (how MATH solutions state their answer)."""
+    spans = _boxed_spans(text)
+    if not spans:
+        return None
+    start, end = spans[-1]
+    return text[start + len("\\boxed{"):end - 1].strip()
+
+
 def _final_statement(text: str) -> str:
     """Keep one final answer: the last \\boxed{} (earlier ones unwrapped to plain text: math-verify
     would join them all into one set), a '#### N' line read as the final answer, a bare number."""
