@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import MODEL, run_cli
+from upft.grading import Grader
 from upft.runio import read_jsonl
 
 TRAIN_Q = "data/demo/gsm8k/train.jsonl"
@@ -39,9 +40,12 @@ def test_four_stages_end_to_end_on_the_real_model(tmp_path, model_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     g = summary["benchmarks"]["gsm8k"]
-    assert g["n_questions"] == 3 and 0 <= g["accuracy"] <= 100
     rows = read_jsonl(tmp_path / "eval" / "gsm8k.jsonl")
     assert all({"prompt", "response", "pred", "gold", "correct"} <= set(x) for x in rows)
+    assert g["n_questions"] == 3 and g["accuracy"] == pytest.approx(100 * sum(x["correct"] for x in rows) / 3)
+    with Grader() as grader:  # each stored verdict is what grading the stored response gives
+        again = grader.grade([("math", x["response"], x["gold"]) for x in rows])
+    assert [a["correct"] for a in again] == [x["correct"] for x in rows]
     r = run_cli("eval/make_table.py", e)
     assert r.returncode == 0 and "| gsm8k |" in r.stdout
 

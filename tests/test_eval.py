@@ -81,9 +81,10 @@ def test_gpqa_records_hold_prompt_permutation_and_letter(tok, backend, tmp_path)
     rows = read_jsonl(tmp_path / "gpqa_diamond.jsonl")
     assert len(rows) == 3 and summary["n_questions"] == 3
     for r in rows:
-        assert r["gold"] in "ABCD" and sorted(r["permutation"]) == [0, 1, 2, 3] and len(r["options"]) == 4
+        assert sorted(r["permutation"]) == [0, 1, 2, 3] and len(r["options"]) == 4
+        assert r["gold"] == "ABCD"[r["permutation"].index(0)]  # the letter the correct answer is shown under
         assert "A) " in r["prompt"] and "\\boxed{}" in r["prompt"]  # the rendered prompt is stored
-        assert r["pred"] is None or r["pred"] in "ABCD"
+        assert r["pred"] in (None, "A", "B", "C", "D") and r["correct"] == (r["pred"] == r["gold"])
     assert summary["grader"].startswith("letter") and summary["max_new_tokens"] == 8
 
 
