@@ -161,3 +161,57 @@ def test_eval_values_out_of_range_are_one_error_line_and_nothing_written(tmp_pat
                 "--out", str(tmp_path / "e"), *flags)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "e").exists()
+
+
+# Every command, bad input the way a new user types it: (script, arguments; "{t}" is the test's folder).
+# Each must exit 2 with one "error:" line that says what is wrong, and leave {t}/out absent.
+Q = "data/demo/gsm8k/train.jsonl"
+COMMAND_TABLE = [
+    ("sample/generate.py", ["--model", MODEL, "--questions", "{t}/none.jsonl", "--out", "{t}/out"], "not found"),
+    ("sample/generate.py", ["--model", "no-such-model", "--questions", Q, "--out", "{t}/out"], "model not found"),
+    ("sample/generate.py", ["--model", MODEL, "--questions", Q, "--limit", "0", "--out", "{t}/out"],
+     "limit must be at least 1"),
+    ("sample/generate.py", ["--model", MODEL, "--questions", Q, "--temperature", "-1", "--out", "{t}/out"],
+     "temperature must be >= 0"),
+    ("sample/generate.py", ["--model", MODEL, "--questions", Q, "--top-k", "-2", "--out", "{t}/out"],
+     "top_k must be >= 0"),
+    ("data_prep/build.py", ["--samples", "{t}/nothing", "--out", "{t}/out"], "samples.jsonl not found"),
+    ("data_prep/build.py", ["--samples", "{t}", "--method", "upft", "--L", "-3", "--out", "{t}/out"],
+     "samples.jsonl not found"),
+    ("train/train_local.py", ["--data", "{t}/none.jsonl", "--model", MODEL, "--out", "{t}/out"], "not found"),
+    ("train/train_local.py", ["--data", "{t}/none.jsonl", "--model", MODEL, "--out", "{t}/out", "--batch-size", "6",
+                              "--micro-batch", "4"], "must be a multiple of micro_batch"),
+    ("train/train_local.py", ["--data", "{t}/none.jsonl", "--model", MODEL, "--out", "{t}/out", "--lr", "0"],
+     "lr and epochs must be positive"),
+    ("train/train_local.py", ["--data", "{t}/none.jsonl", "--model", MODEL, "--out", "{t}/out", "--loss-avg", "mean"],
+     "loss_avg must be 'sample' or 'token'"),
+    ("upft/openrlhf_launcher.py", ["--data", "{t}/none.jsonl", "--model", "m", "--out", "{t}/out", "--gpus", "0"],
+     "train.gpus must be at least 1, got 0"),
+    ("upft/openrlhf_launcher.py", ["--data", "{t}/none.jsonl", "--model", "m", "--out", "{t}/out", "--micro-batch",
+                                   "0"], "train.micro_batch must be at least 1"),
+    ("upft/openrlhf_launcher.py", ["--data", "{t}/none.jsonl", "--model", "m", "--out", "{t}/out"],
+     "training data not found"),
+    ("eval/run_eval.py", ["--model", MODEL, "--benchmarks", "gsm9k", "--out", "{t}/out"], "unknown benchmark 'gsm9k'"),
+    ("eval/run_eval.py", ["--model", MODEL, "--benchmarks", "gsm8k", "--data-dir", "{t}", "--out", "{t}/out"],
+     "has no gsm8k/test.jsonl"),
+    ("eval/run_eval.py", ["--model", MODEL, "--benchmarks", "gsm8k", "--max-new-tokens-for", "gsm8k=lots", "--out",
+                          "{t}/out"], "bad per-benchmark limit 'gsm8k=lots'"),
+    ("eval/make_table.py", ["{t}/none", "--out", "{t}/out"], "no summary.json"),
+    ("eval/report.py", ["{t}/none", "--out", "{t}/out"], "missing run.json"),
+    ("data_prep/split_dev.py", ["--questions", Q, "--n-dev", "0", "--out", "{t}/out"], "--n-dev must be between 1"),
+    ("data_prep/split_dev.py", ["--questions", Q, "--as", "gpqa_diamond", "--out", "{t}/out"],
+     "--as must be a math benchmark"),
+    ("data_prep/build_prm12k.py", ["--math", Q, "--math500", Q, "--out", "{t}/out"],
+     "rows need a 'problem' field"),
+    ("upft/experiment.py", ["{t}/none.yaml", "--runs-dir", "{t}/out"], "none.yaml"),
+]
+
+
+@pytest.mark.parametrize("script, args, message", COMMAND_TABLE,
+                         ids=[f"{s.split('/')[-1]}-{i}" for i, (s, _, _) in enumerate(COMMAND_TABLE)])
+def test_every_command_refuses_bad_input_in_one_line_and_leaves_nothing(tmp_path, script, args, message):
+    r = run_cli(script, *[a.replace("{t}", str(tmp_path)) for a in args])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
+    assert message in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()

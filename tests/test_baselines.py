@@ -118,6 +118,9 @@ def test_prm12k_is_math_minus_math500_with_boxed_answers(tmp_path):
     got = read_jsonl(out)
     assert [(g["problem"], g["answer"]) for g in got] == [("What is 1+1?", "2"), ("Half of 1?", "\\frac{1}{2}")]
     assert got[0]["level"] == "Level 1"
-    r = run_cli("data_prep/build_prm12k.py", "--math", str(math500), "--math500", str(math500), "--out",
-                str(tmp_path / "x.jsonl"))
-    assert r.returncode == 2 and "rows need 'problem' and 'solution' fields" in r.stderr
+    nosol = tmp_path / "nosol.jsonl"
+    nosol.write_text(json.dumps({"problem": "New?"}) + "\n")
+    for source, message in ((math500, "no problem left once MATH-500 is taken out"), (nosol, "rows need a 'solution'")):
+        r = run_cli("data_prep/build_prm12k.py", "--math", str(source), "--math500", str(math500), "--out",
+                    str(tmp_path / "x.jsonl"))
+        assert r.returncode == 2 and message in r.stderr and not (tmp_path / "x.jsonl").exists()

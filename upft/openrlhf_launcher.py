@@ -268,6 +268,7 @@ def train(job: Job) -> None:
     from upft.models import resolve_model
 
     job.settings.check()
+    check_data(job.data_file)
     job.model = resolve_model(job.model)  # OpenRLHF needs an HF folder or hub id; a GGUF is converted once
     cmd = command(job)
     key = os.environ.get("WANDB_API_KEY")

@@ -23,6 +23,12 @@ def _key(problem: str) -> str:
     return " ".join(problem.split())  # the two sources differ in whitespace only
 
 
+def _field(row: dict, name: str, source: str) -> str:
+    if name not in row:
+        raise UserError(f"{source}: rows need a '{name}' field (fields: {', '.join(row)})")
+    return row[name]
+
+
 def main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--math", default="DigitalLearningGmbH/MATH-lighteval",
@@ -31,20 +37,18 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--math500", default="HuggingFaceH4/MATH-500", help="MATH-500 (hub dataset or local file)")
     ap.add_argument("--out", required=True, help="the .jsonl to write")
     a = ap.parse_args(argv)
-    held = {_key(r["problem"]) for r in read_rows(a.math500, "test")}
+    held = {_key(_field(r, "problem", a.math500)) for r in read_rows(a.math500, "test")}
     if len(held) != 500:
         raise UserError(f"{a.math500}: expected the 500 problems of MATH-500, found {len(held)}")
     splits = ["file"] if Path(a.math).is_file() else [s for s in a.math_splits.split(",") if s]
     rows, seen, removed, no_answer = [], set(), set(), 0
     for split in splits:
         for i, r in enumerate(read_rows(a.math, split)):
-            if "problem" not in r or "solution" not in r:
-                raise UserError(f"{a.math}: rows need 'problem' and 'solution' fields (fields: {', '.join(r)})")
-            key = _key(r["problem"])
+            key = _key(_field(r, "problem", a.math))
             if key in held:
                 removed.add(key)
                 continue
-            answer = last_boxed(r["solution"])
+            answer = last_boxed(_field(r, "solution", a.math))
             if answer is None:
                 no_answer += 1
                 continue
@@ -52,6 +56,8 @@ def main(argv: list[str] | None) -> None:
                 seen.add(key)
                 rows.append({"problem": r["problem"], "answer": answer, "solution": r["solution"],
                              "level": r.get("level"), "type": r.get("type"), "unique_id": f"{split}/{i}"})
+    if not rows:
+        raise UserError(f"{a.math}: no problem left once MATH-500 is taken out")
     if not removed:
         raise UserError(f"none of MATH-500 was found in {a.math}: these are not the MATH problems it was drawn from")
     write_jsonl(a.out, rows)

@@ -23,7 +23,9 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--force", action="store_true")
     add_flags(ap, TrainSettings)  # every training setting is a flag, with the paper's default
     a = ap.parse_args(argv)
-    run_train(a.data, a.model, a.out, from_args(TrainSettings, a), a.force)
+    settings = from_args(TrainSettings, a)
+    settings.check()  # every value before the data or the model is touched
+    run_train(a.data, a.model, a.out, settings, a.force)
 
 
 def entry() -> None:
