@@ -6,7 +6,7 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 stamp=.venv/.upft-installed
-if [ ! -f "$stamp" ] || ! cat requirements.txt scripts/setup_env.sh | cmp -s - "$stamp"; then
+if [ ! -f "$stamp" ] || ! cat requirements.txt scripts/setup_env.sh pyproject.toml | cmp -s - "$stamp"; then
   python -m pip install -q --upgrade pip
   python -m pip install -q -r requirements.txt
   # OpenRLHF without its GPU stack (flash-attn, deepspeed, vllm): enough for its SFT dataset class,
@@ -23,5 +23,5 @@ if [ ! -f "$stamp" ] || ! cat requirements.txt scripts/setup_env.sh | cmp -s - "
   DS_BUILD_OPS=0 python -m pip install -q --no-deps deepspeed==0.19.6 hjson==3.1.0 msgpack==1.2.4 \
     nvidia-ml-py==13.615.71 ninja==1.13.2 einops==0.8.2
   python -m pip install -q --no-deps -e .
-  cat requirements.txt scripts/setup_env.sh > "$stamp"
+  cat requirements.txt scripts/setup_env.sh pyproject.toml > "$stamp"
 fi
