@@ -107,7 +107,9 @@ def test_tables_equal_the_run_files(runs, tmp_path):
     assert t1["UPFT (L=32)"]["train len"] == f"{mean(x[3] for x in l32):.1f}"
     assert t1["UPFT (L=32)"]["seeds"] == "2"
     assert t1["base"]["train len"] == "-" and t1["base"]["gsm8k"] == "61.6"
-    assert "base 95% CI: gsm8k 59.1-64.1, math500 27.7-32.7" in md
+    assert "base 95% CI: gsm8k 59.1-64.1 (500 questions), math500 27.7-32.7 (500 questions)" in md
+    assert md.index("## Table 2") < md.index("## Table 1")  # costs lead: they are exact at any scale
+    assert "one question is 0.2 points and the base model's 95% interval is 5 points wide" in md
 
     assert t2["RFT"]["sampling tokens"] == "36.9M" and t2["Label Filter"]["tuning tokens"] == "0.20M"
     assert t2["UPFT (L=16)"]["tuning tokens"] == "12.4K"  # mean of 12,300 and 12,500

@@ -26,18 +26,23 @@ from upft.runio import JsonlAppender, write_json, write_jsonl, write_text
 
 @dataclass
 class EvalSettings:
+    """The evaluation stage's settings (recorded with its results). The decoding fields are
+    ``upft.backends.Decoding``'s; the others are the eval command's own flags."""
+
     max_new_tokens: int = 1024
     max_new_tokens_by: dict[str, int] = field(default_factory=dict)  # per-benchmark overrides
-    n: int = 1  # samples per question; 1 with temperature 0 is the paper's greedy protocol
+    n: int = field(default=1, metadata={"help": "samples per question (1 at temperature 0: the paper's greedy)"})
     temperature: float = 0.0
     top_p: float | None = None  # None: the model's generation config (sampled eval only; greedy ignores it)
     top_k: int | None = None
     seed: int = 0
-    limit: int | None = None
+    limit: int | None = field(default=None, metadata={"help": "first N questions of each benchmark"})
     style: str = "boxed"
-    grade_timeout_s: float = 10.0
-    shuffle_seed: int = 0  # GPQA option order; fixed apart from --seed so all models see the same order
-    allow_unparsed_gold: bool = False  # grade questions whose gold math-verify cannot read (always wrong)
+    grade_timeout_s: float = field(default=10.0, metadata={"help": "seconds before grading one answer gives up"})
+    # GPQA option order; fixed apart from --seed so all models see the same order
+    shuffle_seed: int = field(default=0, metadata={"help": "seed of the GPQA option order"})
+    allow_unparsed_gold: bool = field(default=False, metadata={
+        "help": "grade questions whose gold answer cannot be parsed (always wrong) instead of refusing"})
 
     def budget(self, benchmark: str) -> int:
         return self.max_new_tokens_by.get(benchmark, self.max_new_tokens)

@@ -136,6 +136,7 @@ def aggregate(runs: list[Run], benchmarks: list[str]) -> dict:
     base = next((r for r in runs if r.method == "base"), None)
     return {"benchmarks": benchmarks, "settings": settings,
             "base_ci95": {b: base.eval["benchmarks"][b].get("ci95") for b in benchmarks} if base else None,
+            "base_questions": {b: base.eval["benchmarks"][b].get("n_questions") for b in benchmarks} if base else None,
             "environment": runs[0].eval.get("environment", {})}
 
 
@@ -162,14 +163,23 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    """report.md: Table 1 (accuracy), Table 2 (cost), and the hardware/versions line."""
+    """report.md: Table 2 (cost), Table 1 (accuracy, with the base model's interval and what it
+    means), and the hardware/versions line."""
     bs, ss = report["benchmarks"], report["settings"]
     t1 = _table(["setting", *bs, "avg", "train len", "seeds"],
                 [[s["label"], *(_acc(s["accuracy"][b]) for b in bs), _acc(s["avg"]), _num(s["train_len"]),
                   str(s["seeds"])] for s in ss])
     if report["base_ci95"]:
-        t1 += "\nbase 95% CI: " + ", ".join(f"{b} {ci[0]:.1f}-{ci[1]:.1f}" if ci else f"{b} -"
-                                            for b, ci in report["base_ci95"].items()) + "\n"
+        n = report.get("base_questions") or {}
+        t1 += "\nbase 95% CI: " + ", ".join(
+            (f"{b} {ci[0]:.1f}-{ci[1]:.1f}" + (f" ({n[b]} questions)" if n.get(b) else "")) if ci else f"{b} -"
+            for b, ci in report["base_ci95"].items()) + "\n"
+        widths = {b: (ci[1] - ci[0], n.get(b)) for b, ci in report["base_ci95"].items() if ci and n.get(b)}
+        if widths:
+            b, (width, count) = max(widths.items(), key=lambda kv: kv[1][0])
+            t1 += (f"\nOn {b} one question is {100 / count:.1f} points and the base model's 95% interval is "
+                   f"{width:.0f} points wide: a difference between settings much smaller than that is noise "
+                   "(on a few questions, only the costs above are results).\n")
     t2 = _table(["setting", "avg", "sampling tokens", "tuning tokens", "sampling min", "training min",
                  "seeds"],
                 [[s["label"], _acc(s["avg"]), _tokens(s["sampling_tokens"]), _tokens(s["tuning_tokens"]),
@@ -179,8 +189,9 @@ def render_markdown(report: dict) -> str:
     device = (f"{hw['gpu']} x{hw.get('gpu_count', 1)}" if hw.get("gpu")
               else f"{hw.get('cpu') or 'unknown'} (CPU)")
     pkgs = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items()) or "unknown"
-    return (f"## Table 1: accuracy (%), mean ± std over seeds\n\n{t1}\n"
-            f"## Table 2: cost (tokens, and wall minutes on the hardware below: mean over seeds)\n\n{t2}\n"
+    # costs first: measured exactly at any scale, where accuracy on few questions is mostly noise
+    return (f"## Table 2: cost (tokens, and wall minutes on the hardware below: mean over seeds)\n\n{t2}\n"
+            f"## Table 1: accuracy (%), mean ± std over seeds\n\n{t1}\n"
             f"Hardware: {device}; python {env.get('python', '?')}; packages: {pkgs} (first run's eval)\n")
 
 

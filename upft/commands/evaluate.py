@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+from upft.backends import Decoding, add_decoding_args, backend_options, check_decoding
 from upft.evaluate import EvalSettings, parse_limits
-from upft.backends import add_decoding_args, backend_options, check_decoding
 from upft.errors import cli
+from upft.schema import add_flags, keys
 from upft.stages import run_eval
+
+DERIVED = ("style", "max_new_tokens_by")  # set by the stage (the model's prompt style) or by --max-new-tokens-for
 
 
 def main(argv: list[str] | None) -> None:
@@ -19,24 +22,19 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--benchmarks", default="gsm8k,math500", help="comma-separated")
     ap.add_argument("--data-dir", help="local mirror laid out like ../shared/data (default: the hub)")
-    ap.add_argument("--limit", type=int, help="first N questions of each benchmark")
-    ap.add_argument("--n", type=int, default=1, help="samples per question")
     add_decoding_args(ap, temperature=0.0)  # greedy, as the paper evaluates
+    add_flags(ap, EvalSettings, skip=(*keys(Decoding), *DERIVED))
     ap.add_argument("--max-new-tokens-for", action="append", default=[], metavar="BENCH=N",
                     help="per-benchmark limit, e.g. gsm8k=512 (repeatable; others use --max-new-tokens)")
-    ap.add_argument("--shuffle-seed", type=int, default=0, help="seed of the GPQA option order")
     ap.add_argument("--judge", help="judge model for gpqa_open (the paper's protocol); without it, rule only. "
                     "With --backend vllm both engines share the GPUs: pass --gpu-memory-utilization 0.45")
-    ap.add_argument("--allow-unparsed-gold", action="store_true",
-                    help="grade questions whose gold answer cannot be parsed (always wrong) instead of refusing")
     ap.add_argument("--label", help="name of this model in the results table")
     ap.add_argument("--out", required=True)
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
     check_decoding(a)
-    s = EvalSettings(max_new_tokens=a.max_new_tokens, max_new_tokens_by=parse_limits(a.max_new_tokens_for), n=a.n,
-                     temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, limit=a.limit,
-                     shuffle_seed=a.shuffle_seed, allow_unparsed_gold=a.allow_unparsed_gold)
+    s = EvalSettings(**{k: getattr(a, k) for k in keys(EvalSettings) - set(DERIVED)},
+                     max_new_tokens_by=parse_limits(a.max_new_tokens_for))
     summary = run_eval(a.model, a.out, [b for b in a.benchmarks.split(",") if b], s, data_dir=a.data_dir,
                        prompt_style=a.prompt_style, backend=a.backend,
                        label=a.label, judge=a.judge, force=a.force, **backend_options(a))
