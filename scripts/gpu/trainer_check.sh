@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${RUNS:=/root/runs}"
-N_TRAIN=${N_TRAIN:-2000} LR=${LR:-1e-5}
+N_TRAIN=${N_TRAIN:-2000} LR=${LR:-1e-5} MB1=${MB1:-1}  # MB1=0: skip the 12-minute micro-batch-1 run
 EVAL=(--benchmarks gsm8k --data-dir "${DATA:-}" --max-new-tokens 512 --batch-size 2048)
 SAMPLE=(--questions "${DATA:-}/gsm8k/train.jsonl" --answer-field answer --limit "$N_TRAIN" --max-new-tokens 512
         --temperature 0.6 --batch-size 512)  # 2048 prompts at once ran out of memory on an H100 (80 GB)
@@ -51,8 +51,7 @@ chain() {  # one GPU's jobs, in order; set -e stops the chain at the first failu
        python data_prep/build.py --samples "$RUNS/sample-upft" --method upft --L 32 --out "$RUNS/prep-upft"
        local_train local-upft-mb8 prep-upft 8
        evaluate local-upft-mb8
-       local_train local-upft-mb1 prep-upft 1
-       evaluate local-upft-mb1 ;;
+       if [ "$MB1" = 1 ]; then local_train local-upft-mb1 prep-upft 1; evaluate local-upft-mb1; fi ;;
     1) python sample/generate.py --model "$MODEL" "${SAMPLE[@]}" --mode full --out "$RUNS/sample-full"
        python data_prep/build.py --samples "$RUNS/sample-full" --method sft --out "$RUNS/prep-sft"
        local_train local-sft-mb8 prep-sft 8
