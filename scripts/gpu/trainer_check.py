@@ -17,10 +17,11 @@ from pathlib import Path
 from statistics import mean
 
 from upft.errors import UserError, cli
+from upft.health import EARLY_STOP_FACTOR
 from upft.runio import read_json, read_jsonl, write_json
 
 REQUIRED = ("local-upft-mb8", "local-sft-mb8", "openrlhf-upft", "openrlhf-sft")  # issue 10's four runs
-SHORT = 3 * 32  # an answer that ends within 3 x L tokens stopped where UPFT's prefixes end
+SHORT = EARLY_STOP_FACTOR * 32  # the model check's limit for L=32: an answer ending within it stopped early
 
 
 def curve(model_dir: Path, trainer: str) -> list[float]:
