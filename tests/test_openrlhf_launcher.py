@@ -158,3 +158,14 @@ def test_the_runner_hands_the_launcher_its_settings_not_an_argv(data, monkeypatc
     by_flags = parse(["--config", str(REPO / "configs/qwen1.5b-gsm8k/upft-L32.yaml"), "--data", str(data.parent),
                       "--model", cfg["model"], "--out", str(data.parent / "model"), "--seed", "2"])
     assert command(job) == command(by_flags)
+
+
+def test_fingerprint_ignores_which_gpus_and_port():
+    """A run redone on other GPUs or another port is the same run (the campaign resumes on any GPU),
+    but a run on more GPUs is not."""
+    from upft.openrlhf_launcher import where_free
+
+    assert where_free("--include=localhost:2") == where_free("--num_gpus=1") == "--num_gpus=1"
+    assert where_free("--include=localhost:0,3") == "--num_gpus=2"
+    assert where_free("--master_port=29511") == where_free("--master_port=29500")
+    assert where_free("--adam.lr") == "--adam.lr"

@@ -10,7 +10,10 @@ path on our command lines.
 Each stage fingerprints the settings and inputs that produce its output and skips itself when
 its folder already holds that run; a changed setting reruns that stage and what depends on it
 (the folder's old run is replaced). Samples live in ``RUNS/samples-<fingerprint>`` so methods
-that share a sampling pool (RFT and Label Filter) decode it once. The run folder
+that share a sampling pool (RFT and Label Filter) decode it once; the fingerprint leaves out how
+the pool is computed (batch size, GPUs), so a pool sampled on four GPUs serves runs on one.
+``--until sample|train`` stops a run after that stage (e.g. to train at several learning rates
+and choose one on a dev split before any test evaluation). The run folder
 ``RUNS/<name>`` holds prep/, model/, eval/ and ``run.json``, which the report reads.
 """
 
@@ -156,8 +159,11 @@ def sample_settings(cfg: dict) -> dict:
             "seed": cfg["seed"], **s}
 
 
-def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:
-    """Run one config through its stages; returns the run folder."""
+STAGES = ("sample", "train", "eval")
+
+
+def run(config: str, runs_dir: str = "runs", overrides: list[str] = (), until: str = "eval") -> Path:
+    """Run one config through its stages, up to and including ``until``; returns the run folder."""
     from upft.stages import run_eval, run_prep, run_sample
 
     cfg = load_config(config, overrides)
@@ -167,14 +173,19 @@ def run(config: str, runs_dir: str = "runs", overrides: list[str] = ()) -> Path:
     model = cfg["model"]
     if cfg["method"] != "base":
         sargs = sample_settings(cfg)
-        samples = runs / f"samples-{fingerprint(sargs)[:12]}"
+        pool = {k: v for k, v in sargs.items() if k not in BACKEND_OPTIONS}  # what, not how
+        samples = runs / f"samples-{fingerprint(pool)[:12]}"
         print(f"[experiment] {cfg['name']}: sample -> {samples}", file=sys.stderr)
         run_sample(out=str(samples), force=True, **sargs)
+        if until == "sample":
+            return run_dir
         prep = run_dir / "prep"
         run_prep(str(samples), str(prep), method=cfg["method"], L=cfg["L"], p=cfg["p"], suffix=cfg["suffix"],
                  seed=cfg["seed"], keep_truncated=cfg["keep_truncated"], force=True)
         model_dir = run_dir / "model"
         _train(cfg, prep, model_dir)
+        if until == "train":
+            return run_dir
         stages.update(sample=f"../{samples.name}", prep="prep", train="model")
         model = str(model_dir)
     e = dict(cfg["eval"])
@@ -209,11 +220,12 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value in every config, e.g. --set seed=1 --set eval.data_dir=../shared/data")
+    ap.add_argument("--until", choices=STAGES, default="eval", help="the last stage to run")
     a = ap.parse_args(argv)
     for path in a.configs:
         load_config(path, a.set)  # all configs are checked before the first one runs
     for path in a.configs:
-        print(f"[experiment] done: {run(path, a.runs_dir, a.set)}", file=sys.stderr)
+        print(f"[experiment] done: {run(path, a.runs_dir, a.set, a.until)}", file=sys.stderr)
 
 
 def entry() -> None:

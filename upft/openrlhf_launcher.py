@@ -169,6 +169,14 @@ def check_data(path: Path) -> None:
         raise UserError(f"{path}: OpenRLHF splits dataset paths on ',' and '@'; rename it")
 
 
+def where_free(arg: str) -> str:
+    """A command-line argument as the run's fingerprint sees it: which GPUs and which port a run
+    happened to use do not change the model, so a run redone on other GPUs is the same run."""
+    if arg.startswith("--include=localhost:"):  # deepspeed's GPU list: keep how many, not which
+        return f"--num_gpus={len(arg.split(':', 1)[1].split(','))}"
+    return "--master_port=*" if arg.startswith("--master_port=") else arg
+
+
 def command(job: Job) -> list[str]:
     """The OpenRLHF command line of a job (deepspeed on one node, torchrun across nodes)."""
     a, data = job.settings, job.data_file
@@ -278,7 +286,7 @@ def train(job: Job) -> None:
     check_gpus(job.settings.gpus)
     from upft.stages import recorded_style
 
-    settings = {"command": [c for c in cmd if c != key], "data_sha256": sha256_file(job.data_file),
+    settings = {"command": [where_free(c) for c in cmd if c != key], "data_sha256": sha256_file(job.data_file),
                 "style": recorded_style(job.data_file.parent)}  # carried to evaluation (see upft.stages)
     out, tmp = Path(job.out), Path(job.staging_dir)
     rank = job.settings.node_rank

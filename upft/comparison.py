@@ -1,0 +1,146 @@
+"""The comparison's results: what a lease brings back, and the summary, tables and figure made from it.
+
+``pack`` copies from a campaign's run folders what is worth keeping (summaries, manifests, loss
+curves, each answer's correctness; never weights, samples or generations beyond the first five)
+into a folder laid out like the runs. ``summarise`` turns the committed folder into
+``summary.json``: per method the chosen learning rate, each seed's accuracies, tokens and GPU
+minutes, mean and std over seeds, and paired bootstrap intervals over questions.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from statistics import mean, stdev
+
+from upft.campaign import EXTRA_LR, LRS, METHODS, ZERO3_METHOD, Campaign, run_name
+from upft.errors import UserError
+from upft.runio import read_json, read_jsonl, write_json, write_text
+
+BENCHMARKS = ("gsm8k", "math500")
+KEEP = ("run.json", "failed.json", "jobs.json", "split/split.json", "prep/stats.json", "prep/manifest.json",
+        "model/manifest.json", "model/train_log.jsonl", "manifest.json")
+PAIRS = (("upft_L32", "sft"), ("upft_L32", "rft"), ("upft_L16", "sft"), ("upft_L16", "rft"))
+
+
+def pack(runs: Path, dest: Path) -> int:
+    """Copy the keepable files of ``runs`` into ``dest``; returns how many were written."""
+    n = 0
+    for f in sorted(runs.rglob("*")):
+        rel = f.relative_to(runs)
+        if not f.is_file() or "tmp" in f.parent.name.split(".") or rel.parts[0] == "split" and f.name != "split.json":
+            continue
+        keep = (any(str(rel).endswith(k) for k in KEEP) and "samples-" not in str(rel.parent)
+                or rel.parent.name.startswith("samples-") and f.name == "manifest.json"
+                or f.name.endswith((".summary.json", ".sampled")) or f.name == "summary.json"
+                or rel.parent.name.startswith("eval") and f.name == "manifest.json"
+                or str(rel) in ("campaign.json", "logs/campaign.log"))
+        if keep:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest / rel)
+            n += 1
+        elif f.suffix == ".jsonl" and rel.parent.name.startswith("eval"):  # answers -> correctness + 5 examples
+            rows = read_jsonl(f)
+            out = dest / rel.parent
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / f"{f.stem}.correct.json", {
+                "ids": [r["id"] for r in rows], "correct": [int(bool(r["correct"])) for r in rows],
+                "n_tokens": [r["n_tokens"] for r in rows], "stopped": [int(r["finish_reason"] == "stop") for r in rows]})
+            write_text(out / f"{f.stem}.first5.jsonl", "".join(
+                __import__("json").dumps({k: r[k] for k in ("id", "response", "gold", "correct", "n_tokens")}) + "\n"
+                for r in rows[:5]))
+            n += 2
+    return n
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], n: int = 10_000, seed: int = 0) -> list[float]:
+    """95% percentile interval of mean(a) - mean(b) in points, resampling questions (ids in both)."""
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        raise UserError("paired bootstrap: the two runs share no question")
+    diff = [a[i] - b[i] for i in ids]
+    rng, k = random.Random(seed), len(diff)
+    means = sorted(sum(diff[rng.randrange(k)] for _ in range(k)) / k for _ in range(n))
+    return [round(100 * means[int(0.025 * n)], 2), round(100 * means[int(0.975 * n) - 1], 2)]
+
+
+def _correct(run_dir: Path, bench: str) -> dict[str, float]:
+    c = read_json(run_dir / "eval" / f"{bench}.correct.json")
+    return dict(zip(c["ids"], c["correct"]))
+
+
+def _per_question(runs: list[Path], bench: str) -> dict[str, float]:
+    """Each question's correctness averaged over seeds (the unit the bootstrap resamples)."""
+    per = [_correct(r, bench) for r in runs]
+    return {i: mean(p[i] for p in per) for i in set.intersection(*(set(p) for p in per))}
+
+
+def _gpu_minutes(results: Path, run_dir: Path, pool: str) -> float:
+    """Job wall time x GPUs: the pool's sampling, training and test evaluation (dev evals are the
+    learning-rate search, reported apart)."""
+    jobs = read_json(run_dir / "jobs.json") if (run_dir / "jobs.json").is_file() else {}
+    total = sum(j["wall_s"] * j["gpus"] for name, j in jobs.items() if not name.startswith("dev:"))
+    marker = results / "runs" / f"{pool}.sampled"
+    if marker.is_file():
+        total += read_json(marker)["wall_s"] * read_json(marker)["gpus"]
+    return round(total / 60, 2)
+
+
+def _seed_entry(results: Path, run_dir: Path, method: str, seed: int) -> dict:
+    summ = read_json(run_dir / "eval" / "summary.json")["benchmarks"]
+    entry = {b: round(summ[b]["accuracy"], 2) for b in BENCHMARKS}
+    if method != "base":
+        stats = read_json(run_dir / "prep" / "stats.json")
+        pool = f"{method if method != 'label_filter' else 'rft'}-s{seed}"
+        entry.update(sampling_tokens=stats["sampling_tokens"], tuning_tokens=stats["tuning_tokens"],
+                     gpu_minutes=_gpu_minutes(results, run_dir, pool))
+    else:
+        entry.update(sampling_tokens=0, tuning_tokens=0, gpu_minutes=_gpu_minutes(results, run_dir, ""))
+    return entry
+
+
+def summarise(results: Path, model: str, device: str, commands: list[str]) -> dict:
+    """summary.json from a committed results folder (runs/<name>/...)."""
+    c = Campaign(model="", data="", runs=results / "_none", results=results)
+    runs_root = results / "runs"
+    base_dir = runs_root / run_name("base", None, 0)
+    if not (base_dir / "eval" / "summary.json").is_file():
+        raise UserError(f"{base_dir}: the base model's test run is missing")
+    lr_choice = {m: {"dev_gsm8k": {lr: c.dev_accuracy(m, lr) for lr in (*LRS, EXTRA_LR)
+                                   if (runs_root / run_name(m, lr, 0)).is_dir()},
+                     "refused": sorted(lr for lr in (*LRS, EXTRA_LR)
+                                       if (runs_root / run_name(m, lr, 0) / "failed.json").is_file()),
+                     "chosen": c.lr_choice(m)} for m in METHODS if m != "base"}
+    dev_base = runs_root / run_name("base", None, 0) / "eval-dev" / "summary.json"
+    lr_choice["base_dev_gsm8k"] = read_json(dev_base)["benchmarks"]["gsm8k"]["accuracy"] if dev_base.is_file() else None
+    methods, per_q = {}, {}
+    for m in METHODS:
+        lr = None if m == "base" else lr_choice[m]["chosen"]
+        if m != "base" and lr is None:
+            continue
+        dirs = sorted(d for d in runs_root.glob(f"{m}-{'lr' + lr + '-' if lr else ''}s*")
+                      if (d / "run.json").is_file())
+        if not dirs:
+            continue
+        seeds = {d.name.rsplit("-s", 1)[1]: _seed_entry(results, d, m, int(d.name.rsplit("-s", 1)[1])) for d in dirs}
+        keys = [k for k in next(iter(seeds.values()))]
+        mk = {"lr": float(lr) if lr else None, "seeds": seeds,
+              "mean": {k: round(mean(s[k] for s in seeds.values()), 2) for k in keys},
+              "std": {k: round(stdev(s[k] for s in seeds.values()), 2) if len(seeds) > 1 else None for k in keys}}
+        per_q[m] = {b: _per_question(dirs, b) for b in BENCHMARKS}
+        if m != "base":
+            mk["paired_vs_base"] = {b: paired_bootstrap(per_q[m][b], per_q["base"][b]) for b in BENCHMARKS}
+        methods[m] = mk
+    paired = {f"{a} vs {b}": {x: paired_bootstrap(per_q[a][x], per_q[b][x]) for x in BENCHMARKS}
+              for a, b in PAIRS if a in per_q and b in per_q}
+    summary = {"model": model, "device": device, "commands": commands, "lr_choice": lr_choice,
+               "methods": methods, "paired": paired}
+    z3 = runs_root / "zero3" / "model" / "train_log.jsonl"
+    one = runs_root / run_name(ZERO3_METHOD, lr_choice.get(ZERO3_METHOD, {}).get("chosen"), 0) / "model" / "train_log.jsonl"
+    if z3.is_file() and one.is_file():
+        a, b = ([r["loss_mean"] for r in read_jsonl(f) if "loss_mean" in r] for f in (one, z3))
+        summary["zero3_check"] = {"method": ZERO3_METHOD, "steps": [len(a), len(b)],
+                                  "max_abs_diff": round(max(abs(x - y) for x, y in zip(a, b)), 4) if a and b else None,
+                                  "loss_1gpu": a, "loss_2gpu_zero3": b}
+    return summary
