@@ -193,7 +193,8 @@ class Campaign:
                                 f"runs/{m}-s{seed}.sampled", gpus=-1 if m == "rft" else 1, after=("split",),
                                 local=True))
         base = run_name("base", None, 0)
-        jobs.append(Job("test:base", self.runner("base", 0, None, "eval"), f"runs/{base}/run.json", run=base))
+        jobs.append(Job("test:base", self.runner("base", 0, None, "eval"), f"runs/{base}/run.json", run=base,
+                        after=("split",)))  # not before the pool: a job on every GPU goes first
         if 0 in self.seeds:
             jobs.append(Job("dev:base", self.dev_eval(base, self.model), f"runs/{base}/eval-dev/summary.json",
                             after=("split",), run=base))

@@ -1,0 +1,140 @@
+"""The comparison campaign's job graph and scheduler (upft.campaign) and its summary
+(upft.comparison): the learning-rate choice, resuming from committed results, refused trainings,
+GPU assignment, packing and the paired bootstrap. Jobs here are small shell commands standing in
+for the GPU commands (the commands themselves are tested where they live)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from upft.campaign import Campaign, Scheduler
+from upft.comparison import pack, paired_bootstrap, summarise
+
+DEV = {"1e-6": 60.0, "1e-5": 40.0, "3e-6": 62.0}  # 1e-6 and 1e-5 differ sharply: 3e-6 is tried
+
+
+def _campaign(tmp_path: Path, refuse: str = "train:upft_L16:1e-5") -> tuple[Campaign, list]:
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "results", n_gpus=2)
+    real = c.jobs()
+    log = tmp_path / "order.log"
+
+    def fake(job):
+        def cmd(job=job):
+            if job.name == refuse:
+                return ["sh", "-c", "echo 'error: the model stops early'; exit 2"]
+            rel = job.resolve("result")
+            body = "{}"
+            if job.name.startswith("dev:"):
+                lr = job.name.split(":")[2] if job.name.count(":") == 2 else "base"
+                body = json.dumps({"benchmarks": {"gsm8k": {"accuracy": DEV.get(lr, 50.0)}}})
+            out = c.runs / rel if rel else c.runs / "x"
+            return ["sh", "-c", f"echo {shlex.quote(job.name)} $CUDA_VISIBLE_DEVICES >> {log}; "
+                                f"mkdir -p {out.parent} && echo {shlex.quote(body)} > {out}"]
+        job.cmd = cmd
+        return job
+
+    jobs = [fake(j) for j in real if j.name != "zero3"]
+    c.jobs = lambda: jobs
+    return c, jobs
+
+
+def test_real_commands_are_our_entry_points(tmp_path):
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=4)
+    jobs = {j.name: j for j in c.jobs()}
+    pool = jobs["sample:rft:s0"]
+    assert pool.gpus == -1 and "sample.data_parallel_size=4" in pool.cmd and "--until" in pool.cmd
+    assert "train.lr=1e-5" in jobs["train:sft:1e-5"].cmd and jobs["train:sft:1e-5"].cmd[:3] == [
+        "python", "-m", "upft.experiment"]
+    dev = jobs["dev:sft:1e-6"].cmd
+    assert dev[1] == "eval/run_eval.py" and dev[dev.index("--data-dir") + 1] == str(tmp_path / "runs" / "split")
+    assert jobs["train:label_filter:1e-6"].after == ("sample:rft:s0",)  # one pool for RFT and Label Filter
+
+
+def test_scheduler_chooses_lr_on_dev_records_refusals_and_resumes(tmp_path):
+    c, _ = _campaign(tmp_path)
+    s = Scheduler(c, ["0", "1"], poll_s=0.01)
+    assert s.run() == 1  # the refused training
+    assert s.state["train:upft_L16:1e-5"] == "failed" and s.state["dev:upft_L16:1e-5"] == "skipped"
+    failed = json.loads((c.runs / "runs" / "upft_L16-lr1e-5-s0" / "failed.json").read_text())
+    assert failed["job"] == "train:upft_L16:1e-5" and failed["error"] == "the model stops early"
+    assert s.state["train:sft:3e-6"] == "done"  # 60 vs 40 on dev: the rate in between is tried
+    assert c.lr_choice("sft") == "3e-6" and c.lr_choice("upft_L16") == "3e-6"
+    assert (c.runs / "runs" / "sft-lr3e-6-s0" / "run.json").is_file()  # the test run uses the chosen rate
+    order = (tmp_path / "order.log").read_text().splitlines()
+    assert order.index("sample:rft:s0 0,1") < min(i for i, x in enumerate(order) if x.startswith("test:base"))
+    assert not any(x.startswith("test:") and x.split()[0].endswith("s0") and "lr" in x for x in order)
+    # a new lease: only the committed results are there; nothing is redone, the refusal is not retried
+    c.runs.rename(c.results)
+    again = Scheduler(c, ["0"], poll_s=0.01).plan()
+    assert again["test:sft:s0"] == "done" and again["train:sft:3e-6"] == "unneeded"
+    assert again["train:upft_L16:1e-5"] == "failed"
+    assert [n for n, st in again.items() if st == "pending"] == ["dev:upft_L16:1e-5"]  # ends as skipped
+
+
+def test_no_sharp_disagreement_no_extra_rate(tmp_path, monkeypatch):
+    monkeypatch.setitem(DEV, "1e-5", 58.0)
+    c, _ = _campaign(tmp_path, refuse="")
+    s = Scheduler(c, ["0", "1", "2"], poll_s=0.01)
+    assert s.run() == 0
+    assert s.state["train:rft:3e-6"] == "unneeded" and s.state["dev:rft:3e-6"] == "unneeded"
+    assert c.lr_choice("rft") == "1e-6"
+
+
+def _eval(run: Path, accs: dict[str, list[int]]) -> None:
+    (run / "eval").mkdir(parents=True, exist_ok=True)
+    summ = {"benchmarks": {b: {"accuracy": 100 * sum(v) / len(v)} for b, v in accs.items()}}
+    (run / "eval" / "summary.json").write_text(json.dumps(summ))
+    (run / "run.json").write_text("{}")
+    for b, v in accs.items():
+        rows = [{"id": f"q{i}", "correct": bool(x), "n_tokens": 10, "finish_reason": "stop", "response": "r",
+                 "gold": "1"} for i, x in enumerate(v)]
+        (run / "eval" / f"{b}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_pack_and_summary(tmp_path):
+    runs = tmp_path / "runs"
+    n = 200
+    base = [i % 2 for i in range(n)]  # 50%
+    better = [1 if i % 2 or i % 5 == 0 else 0 for i in range(n)]  # 60%
+    _eval(runs / "runs" / "base-s0", {"gsm8k": base, "math500": base})
+    for seed in (0, 1):
+        run = runs / "runs" / f"sft-lr1e-6-s{seed}"
+        _eval(run, {"gsm8k": better, "math500": base})
+        (run / "prep").mkdir()
+        (run / "prep" / "stats.json").write_text(json.dumps({"sampling_tokens": 900, "tuning_tokens": 300}))
+        (run / "jobs.json").write_text(json.dumps({"test:sft:s0": {"wall_s": 120, "gpus": 1},
+                                                   "dev:sft:1e-6": {"wall_s": 600, "gpus": 1}}))
+        (run / "model").mkdir()
+        (run / "model" / "model.safetensors").write_text("weights")
+    (runs / "runs" / "sft-s0.sampled").write_text(json.dumps({"wall_s": 60, "gpus": 2}))
+    (runs / "runs" / "sft-lr1e-6-s0" / "eval-dev").mkdir()
+    (runs / "runs" / "sft-lr1e-6-s0" / "eval-dev" / "summary.json").write_text(
+        json.dumps({"benchmarks": {"gsm8k": {"accuracy": 61.0}}}))
+    out = tmp_path / "packed"
+    pack(runs, out)
+    assert not (out / "runs" / "sft-lr1e-6-s0" / "model" / "model.safetensors").exists()
+    assert not (out / "runs" / "base-s0" / "eval" / "gsm8k.jsonl").exists()
+    correct = json.loads((out / "runs" / "base-s0" / "eval" / "gsm8k.correct.json").read_text())
+    assert correct["correct"] == base and len((out / "runs" / "base-s0" / "eval" / "gsm8k.first5.jsonl")
+                                              .read_text().splitlines()) == 5
+    s = summarise(out, "qwen", "H100", ["cmd"])
+    sft = s["methods"]["sft"]
+    assert s["lr_choice"]["sft"]["chosen"] == "1e-6" and sft["lr"] == 1e-6
+    assert sft["seeds"]["0"]["gsm8k"] == 60.0 and sft["mean"]["gsm8k"] == 60.0 and sft["std"]["gsm8k"] == 0.0
+    assert sft["seeds"]["0"]["gpu_minutes"] == 4.0  # 120 s test + 60 s x 2 GPUs of pool; dev eval left out
+    lo, hi = sft["paired_vs_base"]["gsm8k"]
+    assert 0 < lo < 10 < hi < 20  # +10 points, paired: the interval excludes 0
+    assert sft["paired_vs_base"]["math500"] == [0.0, 0.0]
+
+
+def test_paired_bootstrap_needs_shared_questions():
+    from upft.errors import UserError
+
+    with pytest.raises(UserError):
+        paired_bootstrap({"a": 1.0}, {"b": 0.0})
+    lo, hi = paired_bootstrap({str(i): float(i % 2) for i in range(100)}, {str(i): float(i % 2) for i in range(100)})
+    assert lo == hi == 0.0
