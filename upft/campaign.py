@@ -134,6 +134,13 @@ class Campaign:
             cmd += ["--set", item]
         return cmd
 
+    def _pool(self, cmd: list[str]) -> str:
+        """The pool a sampling command fills (relative to the runs folder), as the runner names it."""
+        from upft.experiment import load_config, pool_dir
+
+        sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
+        return str(pool_dir(load_config(cmd[3], sets), Path("runs")) / "manifest.json")
+
     def dev_eval(self, name: str, model: str) -> list[str]:
         """GSM8K greedy on the 500 dev questions (laid out as a GSM8K mirror by split_dev)."""
         return [self.python, "eval/run_eval.py", "--model", model, "--benchmarks", "gsm8k",
@@ -189,9 +196,9 @@ class Campaign:
         for seed in self.seeds:  # the RFT pool first, on every GPU (vLLM data parallel)
             for m in sorted(pools, key=lambda m: m != "rft"):
                 more = [f"sample.data_parallel_size={self.n_gpus}"] if m == "rft" else []
-                jobs.append(Job(f"sample:{m}:s{seed}", self.runner(m, seed, None, "sample", *more),
-                                f"runs/{m}-s{seed}.sampled", gpus=-1 if m == "rft" else 1, after=("split",),
-                                local=True))
+                cmd = self.runner(m, seed, None, "sample", *more)
+                jobs.append(Job(f"sample:{m}:s{seed}", cmd, self._pool(cmd), gpus=-1 if m == "rft" else 1,
+                                after=("split",), local=True))
         base = run_name("base", None, 0)
         jobs.append(Job("test:base", self.runner("base", 0, None, "eval"), f"runs/{base}/run.json", run=base,
                         after=("split",)))  # not before the pool: a job on every GPU goes first
@@ -230,8 +237,6 @@ class Scheduler:
     # -- what is left ------------------------------------------------------------------------
     def _done(self, job: Job) -> bool:
         rel = job.resolve("result")
-        if job.name.startswith("sample:"):  # a pool counts in its own lease only
-            return (self.c.runs / rel).exists()
         return rel is not None and self.c.find(rel, job.local) is not None
 
     def _failed_before(self, job: Job) -> bool:
@@ -296,8 +301,9 @@ class Scheduler:
     def _finish(self, job: Job, rc: int, t0: float, gpus: list[str]) -> None:
         log = self.c.runs / "logs" / f"{job.name.replace(':', '_')}.log"
         took = {"wall_s": round(time.time() - t0, 1), "gpus": len(gpus), "rc": rc}
-        if rc == 0 and job.name.startswith("sample:"):  # the pool is in runs/samples-*; mark the job
-            write_json(self.c.runs / job.resolve("result"), took)
+        if rc == 0 and job.name.startswith("sample:"):  # its time, for the GPU minutes of the runs using it
+            _, m, s = job.name.split(":")
+            write_json(self.c.runs / "runs" / f"{m}-{s}.sampled", took)
         run = job.resolve("run")
         if run:  # each run's job times, for its GPU minutes
             times = self.c.runs / "runs" / run / "jobs.json"

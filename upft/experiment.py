@@ -162,6 +162,12 @@ def sample_settings(cfg: dict) -> dict:
 STAGES = ("sample", "train", "eval")
 
 
+def pool_dir(cfg: dict, runs: Path) -> Path:
+    """Where a config's samples live: named by what was sampled, not how (batch size, GPUs)."""
+    pool = {k: v for k, v in sample_settings(cfg).items() if k not in BACKEND_OPTIONS}
+    return runs / f"samples-{fingerprint(pool)[:12]}"
+
+
 def run(config: str, runs_dir: str = "runs", overrides: list[str] = (), until: str = "eval") -> Path:
     """Run one config through its stages, up to and including ``until``; returns the run folder."""
     from upft.stages import run_eval, run_prep, run_sample
@@ -173,8 +179,7 @@ def run(config: str, runs_dir: str = "runs", overrides: list[str] = (), until: s
     model = cfg["model"]
     if cfg["method"] != "base":
         sargs = sample_settings(cfg)
-        pool = {k: v for k, v in sargs.items() if k not in BACKEND_OPTIONS}  # what, not how
-        samples = runs / f"samples-{fingerprint(pool)[:12]}"
+        samples = pool_dir(cfg, runs)
         print(f"[experiment] {cfg['name']}: sample -> {samples}", file=sys.stderr)
         run_sample(out=str(samples), force=True, **sargs)
         if until == "sample":

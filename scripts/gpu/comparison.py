@@ -6,6 +6,9 @@
   python scripts/gpu/comparison.py pack --runs /root/campaign --out DIR   # what a lease brings back
   python scripts/gpu/comparison.py summary [--results results/gpu/comparison]   # summary.json
 
+Sample pools (hundreds of MB, not committed) can travel to the next lease instead of being drawn
+again: at the end of a lease `tar -czf pools.tgz -C RUNS/runs samples-<fingerprint>...`, at the
+start of the next `tar -xzf pools.tgz -C RUNS/runs`; a sampling job whose pool is there is done.
 Finished runs are read from --results (the committed folder, default results/gpu/comparison) as
 well as --runs, so a new lease redoes nothing that is committed. OpenRLHF without flash-attn needs
 tests/gpu/stubs on PYTHONPATH and, on H100 with torch 2.11, TORCH_CUDA_ARCH_LIST=9.0.
