@@ -18,7 +18,7 @@ GREEDY = GenRequest("q1#0", (5, 6, 7, 8), max_new_tokens=64, seed=11)
 SAMPLED = GenRequest("q1#1", (5, 6), max_new_tokens=32, temperature=0.6, top_p=0.95, top_k=20, seed=12345)
 NEUTRAL = {"n": 1, "min_tokens": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
            "frequency_penalty": 0.0, "stop": [], "stop_token_ids": STOP, "ignore_eos": True,
-           "detokenize": True, "skip_special_tokens": False}
+           "detokenize": False, "skip_special_tokens": False}
 
 
 def test_sampling_kwargs_greedy():
@@ -83,7 +83,7 @@ def test_vllm_sampling_params_keep_every_field(req):
     assert (p.seed, p.stop_token_ids, p.max_tokens, p.temperature, p.n) == (req.seed, STOP, req.max_new_tokens,
                                                                             req.temperature, 1)
     assert (p.top_p, p.top_k) == ((req.top_p, req.top_k) if sample else (1.0, 0))
-    assert (p.skip_special_tokens, p.ignore_eos, p.min_tokens, p.detokenize, p.stop) == (False, True, 0, True, [])
+    assert (p.skip_special_tokens, p.ignore_eos, p.min_tokens, p.detokenize, p.stop) == (False, True, 0, False, [])
     assert (p.repetition_penalty, p.presence_penalty, p.frequency_penalty, p.min_p) == (1.0, 0.0, 0.0, 0.0)
     assert p.sampling_type.name == ("RANDOM_SEED" if sample else "GREEDY")
 
@@ -100,3 +100,11 @@ def test_vllm_takes_prompt_ids_as_given():
     parsed = parse_dec_only_prompt(prompt)
     params = TokenizeParams(max_total_tokens=2048, max_output_tokens=GREEDY.max_new_tokens)
     assert params.apply_post_tokenization(None, parsed)["prompt_token_ids"] == [5, 6, 7, 8]
+
+
+def test_engine_seed_drops_the_per_draw_seed():
+    """With --engine-seed a draw carries no seed of its own (vLLM's fast batched sampling path)."""
+    assert sampling_kwargs(SAMPLED, STOP, engine_seed=True)["seed"] is None
+    assert sampling_kwargs(SAMPLED, STOP)["seed"] == 12345
+    vllm = pytest.importorskip("vllm")
+    assert vllm.SamplingParams(**sampling_kwargs(SAMPLED, STOP, engine_seed=True)).sampling_type.name == "RANDOM"

@@ -27,6 +27,9 @@ class Decoding:
     top_k: int | None = field(default=None, metadata={
         "help": "0 = off; default: the model's generation_config (off if it sets none)"})
     seed: int = 0
+    engine_seed: bool = field(default=False, metadata={
+        "help": "vllm only: seed the engine, not each draw; sampling is several times faster, but a draw "
+                "then depends on its batch (off: every draw reproducible on its own)"})
     prompt_style: str = field(default="auto", metadata={"help": "auto, plain, boxed or qwen-math"})
     backend: str = field(default="transformers", metadata={"help": "transformers or vllm"})
     device: str = field(default="auto", metadata={"help": "transformers only"})

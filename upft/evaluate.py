@@ -36,6 +36,7 @@ class EvalSettings:
     top_p: float | None = None  # None: the model's generation config (sampled eval only; greedy ignores it)
     top_k: int | None = None
     seed: int = 0
+    engine_seed: bool = False  # vllm only: see upft.backends.Decoding (greedy decoding ignores it)
     limit: int | None = field(default=None, metadata={"help": "first N questions of each benchmark"})
     style: str = "boxed"
     grade_timeout_s: float = field(default=10.0, metadata={"help": "seconds before grading one answer gives up"})

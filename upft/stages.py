@@ -81,7 +81,8 @@ def _backend(name: str, model_path: str, tokenizer, **options):
 def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "upft", L: int = 32, p: float = 0.1,
                n: int = 1, max_new_tokens: int = 1024, temperature: float = 0.6, top_p: float | None = None,
                top_k: int | None = None, seed: int = 0, prompt_style: str = "auto", backend: str = "transformers",
-               gguf_sha256: str | None = None, force: bool = False, **backend_options) -> Path:
+               gguf_sha256: str | None = None, engine_seed: bool = False, force: bool = False,
+               **backend_options) -> Path:
     """Sample training responses into ``out/samples.jsonl``."""
     if L <= 0:
         raise UserError(f"L must be a positive number of tokens, got {L}")
@@ -97,11 +98,13 @@ def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "
                 "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed, "style": style,
                 "backend": backend}
+    if engine_seed and backend == "vllm":  # recorded only when on, so pools drawn before the option stay valid
+        settings["engine_seed"] = True
     outdir = Path(out)
     if _skip(outdir, settings, ["samples.jsonl"], force):
         return outdir
     tok = load_tokenizer(model_path)
-    gen = _backend(backend, model_path, tok, **backend_options)
+    gen = _backend(backend, model_path, tok, engine_seed=engine_seed, **backend_options)
     prior_s = JsonlAppender(outdir / "samples.jsonl").prior_s  # time of killed earlier runs of this job
     t0 = time.time()
     records = sample(qs, tok, gen, str(outdir / "samples.jsonl"), mode=mode, L=L, p=p, n=n,
@@ -227,7 +230,7 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
     if _skip(outdir, fp, ["summary.json"], force):
         return read_json(outdir / "summary.json")
     tok = load_tokenizer(model_path)
-    gen = _backend(backend, model_path, tok, **backend_options)
+    gen = _backend(backend, model_path, tok, engine_seed=settings.engine_seed, **backend_options)
     grader = None
     if judge_path and any(BENCHMARKS[b].kind == "open" for b in benchmarks):
         judge_tok = load_tokenizer(judge_path)

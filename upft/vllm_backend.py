@@ -32,11 +32,17 @@ def prompt_input(req: GenRequest) -> dict:
     return {"prompt_token_ids": list(req.prompt_ids)}
 
 
-def sampling_kwargs(req: GenRequest, stop_ids: Sequence[int]) -> dict:
-    """Keyword arguments for ``vllm.SamplingParams``, every field that shapes a draw explicit."""
+def sampling_kwargs(req: GenRequest, stop_ids: Sequence[int], engine_seed: bool = False) -> dict:
+    """Keyword arguments for ``vllm.SamplingParams``, every field that shapes a draw explicit.
+
+    A seed per draw makes each draw reproducible whatever shares its batch, but vLLM 0.24 then draws
+    the sampling noise request by request (a Python loop per decoding step, see its
+    ``random_sample``), which leaves the GPU mostly idle. ``engine_seed`` drops the per-draw seed:
+    the engine's seed alone, much faster sampling, but a draw then depends on its batch.
+    """
     return {
         "n": 1,  # one request per draw: each draw has its own seed
-        "seed": req.seed,
+        "seed": None if engine_seed else req.seed,
         "max_tokens": req.max_new_tokens,
         "min_tokens": 0,
         "temperature": req.temperature,  # 0 = greedy (vLLM then resets top_p/top_k itself)
@@ -51,7 +57,7 @@ def sampling_kwargs(req: GenRequest, stop_ids: Sequence[int]) -> dict:
         # stop on our ids only, as the transformers backend does: otherwise vLLM 0.24 also stops on
         # the eos ids of the model's generation_config.json, even with generation_config="vllm"
         "ignore_eos": True,
-        "detokenize": True,
+        "detokenize": False,  # to_result decodes the kept ids itself; vLLM's incremental detokenizer is CPU time
         "skip_special_tokens": False,
     }
 
@@ -119,11 +125,12 @@ class VLLMBackend:
     def __init__(self, model_path: str, tokenizer, stop_ids: list[int], dtype: str = "bfloat16",
                  tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 seed: int = 0, chunk_size: int = 4096):
+                 seed: int = 0, chunk_size: int = 4096, engine_seed: bool = False):
         groups = gpu_groups(tensor_parallel_size, data_parallel_size)
         self.stop_ids = sorted(set(stop_ids))
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
+        self.engine_seed = engine_seed
         engine = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                       tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -141,7 +148,7 @@ class VLLMBackend:
             self._receive()  # "ready", once the engine has loaded
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[list[GenResult]]:
-        items = [(r.key, prompt_input(r), sampling_kwargs(r, self.stop_ids)) for r in requests]
+        items = [(r.key, prompt_input(r), sampling_kwargs(r, self.stop_ids, self.engine_seed)) for r in requests]
         if not self.workers:
             raise RuntimeError("this vLLM backend is closed")
         n, total = len(self.workers), len(items)

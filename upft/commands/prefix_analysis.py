@@ -131,7 +131,7 @@ def main(argv: list[str] | None) -> None:
         q = QuestionSource(a.questions, **{k: getattr(a, k) for k in keys(QuestionSource) - {"source"}})
         run_sample(a.model, q, str(out / "samples"), mode="full", n=a.k, max_new_tokens=a.max_new_tokens,
                    temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed,
-                   prompt_style=a.prompt_style, backend=a.backend, **backend_options(a))
+                   prompt_style=a.prompt_style, backend=a.backend, engine_seed=a.engine_seed, **backend_options(a))
         rows = load_pool(str(out / "samples"), a.k)
         source = {"model": a.model, "questions": a.questions}
     from upft.stages import grade_samples

@@ -36,7 +36,8 @@ def main(argv: list[str] | None) -> None:
     questions = QuestionSource(a.questions, **{k: getattr(a, k) for k in keys(QuestionSource) - {"source"}})
     run_sample(a.model, questions, a.out, mode=a.mode, L=a.L, p=a.p, n=a.n, max_new_tokens=a.max_new_tokens,
                temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, prompt_style=a.prompt_style,
-               backend=a.backend, gguf_sha256=a.gguf_sha256, force=a.force, **backend_options(a))
+               backend=a.backend, gguf_sha256=a.gguf_sha256, engine_seed=a.engine_seed, force=a.force,
+               **backend_options(a))
 
 
 def entry() -> None:
