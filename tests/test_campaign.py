@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from upft.campaign import Campaign, Scheduler
-from upft.comparison import pack, paired_bootstrap, summarise
+from upft.comparison import figure, pack, paired_bootstrap, summarise, tables
 
 DEV = {"1e-6": 60.0, "1e-5": 40.0, "3e-6": 62.0}  # 1e-6 and 1e-5 differ sharply: 3e-6 is tried
 
@@ -129,6 +129,10 @@ def test_pack_and_summary(tmp_path):
     lo, hi = sft["paired_vs_base"]["gsm8k"]
     assert 0 < lo < 10 < hi < 20  # +10 points, paired: the interval excludes 0
     assert sft["paired_vs_base"]["math500"] == [0.0, 0.0]
+    md = tables(s)
+    assert "| SFT | 1e-06 | 2 | 60.0 ± 0.0 | [+" in md and "| base | – | 1 | 50.0 | – | 50.0 | – |" in md
+    assert "| SFT | 0.00M | 0.00M | 3.0 |" in md  # seed 1 has no pool of its own in this fixture
+    assert figure(s, tmp_path / "f.png").stat().st_size > 1000
 
 
 def test_paired_bootstrap_needs_shared_questions():

@@ -144,3 +144,56 @@ def summarise(results: Path, model: str, device: str, commands: list[str]) -> di
                                   "max_abs_diff": round(max(abs(x - y) for x, y in zip(a, b)), 4) if a and b else None,
                                   "loss_1gpu": a, "loss_2gpu_zero3": b}
     return summary
+
+
+LABELS = {"base": "base", "sft": "SFT", "upft_L16": "UPFT (L=16)", "upft_L32": "UPFT (L=32)", "rft": "RFT (n=8)",
+          "label_filter": "Label Filter"}
+
+
+def _pm(m: dict, key: str) -> str:
+    mean_, std = m["mean"][key], m["std"][key]
+    return f"{mean_:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+
+def tables(summary: dict) -> str:
+    """Table 1 (accuracy, mean ± std over seeds, paired 95% interval vs base) and Table 2 (cost)."""
+    ms = summary["methods"]
+    head1 = "| method | lr | seeds | GSM8K | vs base | MATH-500 | vs base |\n|---|---|---|---|---|---|---|\n"
+    rows1 = []
+    for name, m in ms.items():
+        ci = m.get("paired_vs_base", {})
+        cell = lambda b: f"[{ci[b][0]:+.1f}, {ci[b][1]:+.1f}]" if b in ci else "–"  # noqa: E731
+        rows1.append(f"| {LABELS[name]} | {m['lr'] if m['lr'] else '–'} | {len(m['seeds'])} | {_pm(m, 'gsm8k')} | "
+                     f"{cell('gsm8k')} | {_pm(m, 'math500')} | {cell('math500')} |")
+    head2 = "| method | sampling tokens | tuning tokens | GPU minutes |\n|---|---|---|---|\n"
+    rows2 = [f"| {LABELS[n]} | {m['mean']['sampling_tokens'] / 1e6:.2f}M | {m['mean']['tuning_tokens'] / 1e6:.2f}M | "
+             f"{m['mean']['gpu_minutes']:.1f} |" for n, m in ms.items() if n != "base"]
+    pairs = "".join(f"- {p}: GSM8K [{v['gsm8k'][0]:+.1f}, {v['gsm8k'][1]:+.1f}], "
+                    f"MATH-500 [{v['math500'][0]:+.1f}, {v['math500'][1]:+.1f}]\n" for p, v in summary["paired"].items())
+    return ("Table 1: accuracy (%), greedy; mean ± std over seeds; paired bootstrap 95% interval of the "
+            "difference to the base model (points; an interval that excludes 0 is a difference beyond noise).\n\n"
+            + head1 + "\n".join(rows1) + "\n\nTable 2: cost per run (mean over seeds).\n\n"
+            + (head2 + "\n".join(rows2) + "\n" if rows2 else "(no tuned method has finished yet)\n")
+            + (f"\nPaired intervals between methods:\n{pairs}" if pairs else ""))
+
+
+def figure(summary: dict, path: Path) -> Path:
+    """Accuracy against tuning tokens, one panel per benchmark, error bars = std over seeds."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    for i, bench in enumerate(BENCHMARKS):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for name, m in summary["methods"].items():
+            y, err = m["mean"][bench], m["std"][bench] or 0
+            if name == "base":
+                ax.axhline(y, ls="--", color="gray", label="base")
+            else:
+                ax.errorbar(max(m["mean"]["tuning_tokens"], 1), y, yerr=err, fmt="o", capsize=3, label=LABELS[name])
+        ax.set(xscale="log", xlabel="tuning tokens", ylabel="accuracy (%)", title=bench)
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=150, format="png", bbox_inches="tight")
+    tmp.replace(path)
+    return path

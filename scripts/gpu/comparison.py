@@ -4,7 +4,7 @@
       [--seeds 0,1,2] [--gpus 0,1,2,3] [--dry-run]        # the jobs, each one of our commands
   python scripts/gpu/comparison.py status --runs /root/campaign
   python scripts/gpu/comparison.py pack --runs /root/campaign --out DIR   # what a lease brings back
-  python scripts/gpu/comparison.py summary [--results results/gpu/comparison]   # summary.json
+  python scripts/gpu/comparison.py summary [--results results/gpu/comparison]   # summary.json,\n      tables.md (Tables 1-2) and figs/comparison_accuracy_vs_tuning_tokens.png
 
 Sample pools (hundreds of MB, not committed) can travel to the next lease instead of being drawn
 again: at the end of a lease `tar -czf pools.tgz -C RUNS/runs samples-<fingerprint>...`, at the
@@ -21,9 +21,9 @@ import shlex
 from pathlib import Path
 
 from upft.campaign import Campaign, Scheduler
-from upft.comparison import pack, summarise
+from upft.comparison import figure, pack, summarise, tables
 from upft.errors import UserError, cli
-from upft.runio import read_json, write_json
+from upft.runio import read_json, write_json, write_text
 
 RESULTS = "results/gpu/comparison"
 
@@ -46,7 +46,9 @@ def main(argv: list[str] | None) -> None:
         s = summarise(a.results, meta.get("model", a.model or ""), a.device or meta.get("device", ""),
                       meta.get("commands", []))
         write_json(a.results / "summary.json", s)
-        print(f"wrote {a.results / 'summary.json'}")
+        write_text(a.results / "tables.md", tables(s))
+        fig = figure(s, Path("figs") / "comparison_accuracy_vs_tuning_tokens.png")
+        print(f"wrote {a.results / 'summary.json'}, {a.results / 'tables.md'} and {fig}")
         return
     if a.runs is None:
         raise UserError(f"{a.what} needs --runs")
