@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from conftest import run_cli
-from upft.openrlhf_launcher import command, loss_curve, main, parse
+from upft.openrlhf_launcher import command, loss_curve, main, parse, timing
 from upft.errors import UserError
 from upft.runio import write_json
 
@@ -113,9 +114,21 @@ def test_loss_curve_is_read_from_tensorboard_events(tmp_path):
         w.add_scalar("train/lr", 1e-6, step)
     w.add_scalar("eval/loss", 9.0, 1)
     w.close()
-    assert loss_curve(str(tmp_path / "tb")) == [{"step": 1, "gpt_loss": 2.0, "lr": pytest.approx(1e-6)},
-                                               {"step": 2, "gpt_loss": 1.5, "lr": pytest.approx(1e-6)},
-                                               {"step": 3, "gpt_loss": 1.25, "lr": pytest.approx(1e-6)}]
+    curve = loss_curve(str(tmp_path / "tb"))
+    assert [{k: v for k, v in p.items() if k != "wall_time"} for p in curve] == [
+        {"step": 1, "gpt_loss": 2.0, "lr": pytest.approx(1e-6)}, {"step": 2, "gpt_loss": 1.5, "lr": pytest.approx(1e-6)},
+        {"step": 3, "gpt_loss": 1.25, "lr": pytest.approx(1e-6)}]
+    assert curve[0]["wall_time"] <= curve[-1]["wall_time"] <= time.time()
+
+
+def test_timing_splits_the_wall_time():
+    """Launch -> first step -> last step -> saved -> checked, op loads from the log, tokens/s/GPU
+    over the steps after the first (4 steps of 1000 tokens in 30 s on 2 GPUs -> 3000/30/2)."""
+    curve = [{"step": i, "wall_time": 100.0 + 10 * i} for i in range(4)]
+    log = "Time to load cpu_adam op: 31.5 seconds\nTime to load fused_adam op: 0.5 seconds\n"
+    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log=log, tuning_tokens=2000, epochs=2, gpus=2)
+    assert t == {"launch_to_first_step_s": 60.0, "steps_s": 30.0, "after_last_step_s": 20.0, "op_load_s": 32.0,
+                 "model_check_s": 10.0, "tokens_per_s_per_gpu": 50}
 
 
 def test_more_gpus_than_present_is_one_error_line(data, tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -234,8 +235,28 @@ def loss_curve(tb_dir: str) -> list[dict]:
         for tag in acc.Tags().get("scalars", []):
             if tag.startswith("train/"):
                 for e in acc.Scalars(tag):
-                    points.setdefault(e.step, {"step": e.step})[tag.removeprefix("train/")] = e.value
+                    point = points.setdefault(e.step, {"step": e.step})
+                    point[tag.removeprefix("train/")] = e.value
+                    point["wall_time"] = max(point.get("wall_time", 0.0), e.wall_time)
     return [points[k] for k in sorted(points)]
+
+
+def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log: str, tuning_tokens: int,
+           epochs: int, gpus: int) -> dict:
+    """Where a run's wall time went, from the loss curve's event times and OpenRLHF's log: launch to
+    the first logged step (process start, DeepSpeed init, op builds, data), the steps, the rest
+    (saving), our model check; and tuning tokens per second per GPU over the steps after the first."""
+    ops = sum(float(x) for x in re.findall(r"Time to load \w+ op: ([\d.]+) seconds", log))
+    out = {"launch_to_first_step_s": None, "steps_s": None, "after_last_step_s": None,
+           "op_load_s": round(ops, 1), "model_check_s": round(t_checked - t_trained, 1), "tokens_per_s_per_gpu": None}
+    times = [p["wall_time"] for p in curve if "wall_time" in p]
+    if len(times) >= 2:
+        first, last = times[0], times[-1]
+        per_step = tuning_tokens * epochs / len(times)
+        out.update(launch_to_first_step_s=round(first - t0, 1), steps_s=round(last - first, 1),
+                   after_last_step_s=round(t_trained - last, 1),
+                   tokens_per_s_per_gpu=round(per_step * (len(times) - 1) / (last - first) / gpus))
+    return out
 
 
 def accept_model(path: Path, base: str, rows: list[dict]) -> dict:
@@ -300,9 +321,14 @@ def train(job: Job) -> None:
         run(cmd, tmp / "openrlhf.log")
         if rank != 0:
             return
-        wall = time.time() - t0
+        t_trained = time.time()
+        wall = t_trained - t0
         curve = loss_curve(job.tensorboard_dir)
-        health = accept_model(tmp, job.model, read_jsonl(job.data_file))
+        rows = read_jsonl(job.data_file)
+        health = accept_model(tmp, job.model, rows)
+        took = timing(curve, t0, t_trained, time.time(), (tmp / "openrlhf.log").read_text(errors="replace"),
+                      sum(len(r["target_ids"]) for r in rows if "target_ids" in r), job.settings.epochs,
+                      job.settings.gpus * job.settings.nnodes)
     except UserError as e:
         failed = Path(f"{out}.failed.log")
         if (tmp / "openrlhf.log").exists():
@@ -312,7 +338,7 @@ def train(job: Job) -> None:
         raise UserError(f"{e} (OpenRLHF's log: {failed})") from None
     write_jsonl(tmp / "train_log.jsonl", curve)
     write_manifest(tmp, "train-openrlhf", settings, wall_s=wall, steps=len(curve), loss_avg=job.settings.loss_avg,
-                   nonfinite_steps=0, model_check=health)
+                   nonfinite_steps=0, model_check=health, timing=took)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     release_stage(out)

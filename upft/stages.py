@@ -104,14 +104,16 @@ def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "
     if _skip(outdir, settings, ["samples.jsonl"], force):
         return outdir
     tok = load_tokenizer(model_path)
+    t_start = time.time()
     gen = _backend(backend, model_path, tok, engine_seed=engine_seed, **backend_options)
+    start_s = time.time() - t_start  # model load (and a vLLM engine's compile and warm-up), apart from decoding
     prior_s = JsonlAppender(outdir / "samples.jsonl").prior_s  # time of killed earlier runs of this job
     t0 = time.time()
     records = sample(qs, tok, gen, str(outdir / "samples.jsonl"), mode=mode, L=L, p=p, n=n,
                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                      seed=seed, style=style)
     write_manifest(outdir, "sample", settings, n_records=len(records), wall_s=prior_s + time.time() - t0,
-                   sampling_tokens=sum(r["n_tokens"] for r in records))
+                   backend_start_s=start_s, sampling_tokens=sum(r["n_tokens"] for r in records))
     return outdir
 
 
@@ -230,11 +232,13 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
     if _skip(outdir, fp, ["summary.json"], force):
         return read_json(outdir / "summary.json")
     tok = load_tokenizer(model_path)
+    t_start = time.time()
     gen = _backend(backend, model_path, tok, engine_seed=settings.engine_seed, **backend_options)
+    start_s = time.time() - t_start
     grader = None
     if judge_path and any(BENCHMARKS[b].kind == "open" for b in benchmarks):
         judge_tok = load_tokenizer(judge_path)
         grader = Judge(judge, judge_tok, _backend(backend, judge_path, judge_tok, **backend_options))
     summary = evaluate(label or model, benchmarks, tok, gen, out, settings, data_dir, grader)
-    write_manifest(outdir, "eval", fp)
+    write_manifest(outdir, "eval", fp, backend_start_s=start_s)
     return summary
