@@ -142,3 +142,25 @@ def test_paired_bootstrap_needs_shared_questions():
         paired_bootstrap({"a": 1.0}, {"b": 0.0})
     lo, hi = paired_bootstrap({str(i): float(i % 2) for i in range(100)}, {str(i): float(i % 2) for i in range(100)})
     assert lo == hi == 0.0
+
+
+def test_zero3_command_is_the_one_gpu_run_on_two(tmp_path):
+    """The ZeRO-3 check repeats the chosen seed-0 UPFT L=32 training on 2 GPUs: the launcher takes
+    its command line, with the same settings as the 1-GPU run but ZeRO-3 and 2 GPUs."""
+    from upft.configs import read_config
+    from upft.openrlhf_launcher import parse
+
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=4)
+    for lr, acc in (("1e-6", 60.0), ("1e-5", 58.0)):
+        dev = c.runs / "runs" / f"upft_L32-lr{lr}-s0" / "eval-dev"
+        dev.mkdir(parents=True)
+        (dev / "summary.json").write_text(json.dumps({"benchmarks": {"gsm8k": {"accuracy": acc}}}))
+    train = read_config(Path("configs/qwen1.5b-gsm8k/upft-L32.yaml"))["train"]
+    (c.runs / "runs" / "upft_L32-lr1e-6-s0" / "run.json").write_text(json.dumps({"config": {"train": train}}))
+    cmd = c.zero3()
+    assert cmd[:2] == ["bash", "scripts/train_sft.sh"]
+    job = parse(cmd[2:])
+    one = {k: v for k, v in train.items() if k not in ("trainer", "gpus", "zero_stage", "lr")}
+    assert {k: getattr(job.settings, k) for k in one} == one
+    assert (job.settings.gpus, job.settings.zero_stage, job.settings.lr) == (2, 3, 1e-6)
+    assert job.data.endswith("upft_L32-lr1e-6-s0/prep")
