@@ -186,3 +186,13 @@ def test_a_model_without_a_passing_check_is_never_shown(runs, tmp_path):
     with pytest.raises(UserError, match="records no passing model check"):
         write_report(runs, tmp_path / "rep", tmp_path / "figs")
     assert not (tmp_path / "rep").exists()
+
+
+def test_report_reads_the_committed_gpu_runs(tmp_path):
+    """The report command works over the run folders the GPU comparison committed."""
+    runs = Path(__file__).resolve().parents[1] / "results" / "gpu" / "comparison" / "runs"
+    files = write_report([runs], tmp_path / "rep", tmp_path / "figs")
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    base = next(s for s in report["settings"] if s["method"] == "base")
+    assert base["accuracy"]["gsm8k"]["mean"] == pytest.approx(62.09, abs=0.01)
+    assert all(f.exists() for f in files)
