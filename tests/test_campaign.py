@@ -17,7 +17,7 @@ from upft.comparison import figure, pack, paired_bootstrap, summarise, tables
 DEV = {"1e-6": 60.0, "1e-5": 40.0, "3e-6": 62.0}  # 1e-6 and 1e-5 differ sharply: 3e-6 is tried
 
 
-def _campaign(tmp_path: Path, refuse: str = "train:upft_L16:1e-5") -> tuple[Campaign, list]:
+def _campaign(tmp_path: Path, refuse: str = "train:upft_L16:1e-5", crash: str = "") -> tuple[Campaign, list]:
     c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "results", n_gpus=2)
     real = c.jobs()
     log = tmp_path / "order.log"
@@ -25,7 +25,9 @@ def _campaign(tmp_path: Path, refuse: str = "train:upft_L16:1e-5") -> tuple[Camp
     def fake(job):
         def cmd(job=job):
             if job.name == refuse:
-                return ["sh", "-c", "echo 'error: the model stops early'; exit 2"]
+                return ["sh", "-c", "echo 'error: the trained model stops early; no model was written'; exit 2"]
+            if job.name == crash:
+                return ["sh", "-c", "echo 'error: CUDA out of memory'; exit 1"]
             rel = job.resolve("result")
             body = "{}"
             if job.name.startswith("dev:"):
@@ -60,7 +62,8 @@ def test_scheduler_chooses_lr_on_dev_records_refusals_and_resumes(tmp_path):
     assert s.run() == 1  # the refused training
     assert s.state["train:upft_L16:1e-5"] == "failed" and s.state["dev:upft_L16:1e-5"] == "skipped"
     failed = json.loads((c.runs / "runs" / "upft_L16-lr1e-5-s0" / "failed.json").read_text())
-    assert failed["job"] == "train:upft_L16:1e-5" and failed["error"] == "the model stops early"
+    assert failed["job"] == "train:upft_L16:1e-5" and failed["final"]
+    assert failed["error"] == "the trained model stops early; no model was written"
     assert s.state["train:sft:3e-6"] == "done"  # 60 vs 40 on dev: the rate in between is tried
     assert c.lr_choice("sft") == "3e-6" and c.lr_choice("upft_L16") == "3e-6"
     assert (c.runs / "runs" / "sft-lr3e-6-s0" / "run.json").is_file()  # the test run uses the chosen rate
@@ -164,3 +167,14 @@ def test_zero3_command_is_the_one_gpu_run_on_two(tmp_path):
     assert {k: getattr(job.settings, k) for k in one} == one
     assert (job.settings.gpus, job.settings.zero_stage, job.settings.lr) == (2, 3, 1e-6)
     assert job.data.endswith("upft_L32-lr1e-6-s0/prep")
+
+
+def test_a_crash_is_tried_again_by_the_next_lease(tmp_path):
+    c, _ = _campaign(tmp_path, refuse="", crash="train:rft:1e-6")
+    s = Scheduler(c, ["0", "1"], poll_s=0.01)
+    assert s.run() == 1 and s.state["train:rft:1e-6"] == "failed"
+    failed = json.loads((c.runs / "runs" / "rft-lr1e-6-s0" / "failed.json").read_text())
+    assert failed["error"] == "CUDA out of memory" and not failed["final"]
+    c.runs.rename(c.results)
+    again = Scheduler(c, ["0"], poll_s=0.01).plan()
+    assert again["train:rft:1e-6"] == "pending" and again["dev:rft:1e-6"] == "pending"

@@ -14,7 +14,8 @@ A job is done when its result is in this lease's run folders or in the committed
 summaries earlier leases brought back: weights and sample pools never leave the node), and a job
 runs only if a job that is not done needs it. A job whose command fails (a training the model
 check refuses, say) leaves ``<run>/failed.json`` with its last ``error:`` line; jobs that need
-its output are skipped, and a committed failure is not retried.
+its output are skipped. A refusal by the model check is final; any other failure is tried again
+by the next lease.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def port(name: str) -> str:
     """A master port per run, so trainings on other GPUs of the node never share one (the port is
     not part of a run's fingerprint)."""
     return f"train.master_port={29500 + zlib.crc32(name.encode()) % 2000}"
+
+
+def refused(error: str | None) -> bool:
+    """Whether a failed job's error is a verdict on its training (the health checks' refusals all
+    end so, see upft.health), which a new lease would only repeat; anything else (out of memory,
+    a crash) is tried again."""
+    return bool(error) and "no model was written" in error
 
 
 def run_name(method: str, lr: str | None, seed: int) -> str:
@@ -245,7 +253,7 @@ class Scheduler:
         except UserError:
             return False
         found = run and self.c.find(f"runs/{run}/failed.json")
-        return bool(found) and read_json(found).get("job") == job.name
+        return bool(found) and read_json(found).get("job") == job.name and read_json(found).get("final", False)
 
     def plan(self) -> dict[str, str]:
         """Each job's starting state: done, failed (committed), unneeded (nothing left needs it) or pending."""
@@ -315,8 +323,9 @@ class Scheduler:
             errors = [ln.split("error: ", 1)[1] for ln in lines if "error: " in ln]
             self.state[job.name] = "failed"
             if run:
+                error = errors[-1] if errors else None
                 write_json(self.c.runs / "runs" / run / "failed.json",
-                           {"job": job.name, "rc": rc, "error": errors[-1] if errors else None,
+                           {"job": job.name, "rc": rc, "error": error, "final": refused(error),
                             "log": str(log.relative_to(self.c.runs))})
         self._say(f"{self.state[job.name]} {job.name} (rc {rc}, {time.time() - t0:.0f} s)")
 

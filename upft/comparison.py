@@ -100,6 +100,12 @@ def _seed_entry(results: Path, run_dir: Path, method: str, seed: int) -> dict:
     return entry
 
 
+def _refused(run_dir: Path) -> bool:
+    """The model check refused this run's training (a final verdict, see upft.campaign.refused)."""
+    f = run_dir / "failed.json"
+    return f.is_file() and read_json(f).get("final", False)
+
+
 def summarise(results: Path, model: str, device: str, commands: list[str]) -> dict:
     """summary.json from a committed results folder (runs/<name>/...)."""
     c = Campaign(model="", data="", runs=results / "_none", results=results)
@@ -109,8 +115,7 @@ def summarise(results: Path, model: str, device: str, commands: list[str]) -> di
         raise UserError(f"{base_dir}: the base model's test run is missing")
     lr_choice = {m: {"dev_gsm8k": {lr: c.dev_accuracy(m, lr) for lr in (*LRS, EXTRA_LR)
                                    if (runs_root / run_name(m, lr, 0)).is_dir()},
-                     "refused": sorted(lr for lr in (*LRS, EXTRA_LR)
-                                       if (runs_root / run_name(m, lr, 0) / "failed.json").is_file()),
+                     "refused": sorted(lr for lr in (*LRS, EXTRA_LR) if _refused(runs_root / run_name(m, lr, 0))),
                      "chosen": c.lr_choice(m)} for m in METHODS if m != "base"}
     dev_base = runs_root / run_name("base", None, 0) / "eval-dev" / "summary.json"
     lr_choice["base_dev_gsm8k"] = read_json(dev_base)["benchmarks"]["gsm8k"]["accuracy"] if dev_base.is_file() else None
