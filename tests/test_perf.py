@@ -1,0 +1,50 @@
+"""scripts/gpu/perf.py: issue 14's perf.json from bench.sh's run folders (fixture manifests here;
+the figures themselves come from a GPU lease)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "gpu"))
+from perf import collect  # noqa: E402
+
+from upft.errors import UserError  # noqa: E402
+
+
+def _w(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _bench(root: Path) -> None:
+    for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers")):
+        _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
+        _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
+    for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0)):
+        _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
+        _w(root / name / "manifest.json", {"backend_start_s": start})
+    _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
+    for i in (1, 2):
+        _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
+            "tokens_per_s_per_gpu": 21_000, "op_load_s": 30.0 if i == 1 else 0.5}})
+
+
+def test_perf_json_from_bench_runs(tmp_path):
+    _bench(tmp_path)
+    p = collect(tmp_path)
+    assert p["device"] == "NVIDIA H100 80GB HBM3"
+    assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12}
+    assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
+    assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
+    assert p["openrlhf"]["tokens_per_s_per_gpu"] == 21_000 and p["openrlhf"]["second_run_phases_s"]["op_load_s"] == 0.5
+
+
+def test_missing_run_is_one_error(tmp_path):
+    _bench(tmp_path)
+    (tmp_path / "full-transformers" / "manifest.json").unlink()
+    with pytest.raises(UserError, match="bench.sh to the end"):
+        collect(tmp_path)
