@@ -148,8 +148,8 @@ def test_paired_bootstrap_needs_shared_questions():
 
 
 def test_zero3_command_is_the_one_gpu_run_on_two(tmp_path):
-    """The ZeRO-3 check repeats the chosen seed-0 UPFT L=32 training on 2 GPUs: the launcher takes
-    its command line, with the same settings as the 1-GPU run but ZeRO-3 and 2 GPUs."""
+    """The ZeRO-3 check builds the chosen seed-0 UPFT L=32 training set (runner --until prep) and
+    trains on it on 2 GPUs: the launcher takes its command line, with the 1-GPU run's settings."""
     from upft.configs import read_config
     from upft.openrlhf_launcher import parse
 
@@ -158,11 +158,13 @@ def test_zero3_command_is_the_one_gpu_run_on_two(tmp_path):
         dev = c.runs / "runs" / f"upft_L32-lr{lr}-s0" / "eval-dev"
         dev.mkdir(parents=True)
         (dev / "summary.json").write_text(json.dumps({"benchmarks": {"gsm8k": {"accuracy": acc}}}))
-    train = read_config(Path("configs/qwen1.5b-gsm8k/upft-L32.yaml"))["train"]
-    (c.runs / "runs" / "upft_L32-lr1e-6-s0" / "run.json").write_text(json.dumps({"config": {"train": train}}))
-    cmd = c.zero3()
+    kind, flag, line = c.zero3()
+    prep, train_line = line.split(" && ")
+    assert (kind, flag) == ("bash", "-c") and "--until prep" in prep and "name=upft_L32-lr1e-6-s0" in prep
+    cmd = shlex.split(train_line)
     assert cmd[:2] == ["bash", "scripts/train_sft.sh"]
     job = parse(cmd[2:])
+    train = read_config(Path("configs/qwen1.5b-gsm8k/upft-L32.yaml"))["train"]
     one = {k: v for k, v in train.items() if k not in ("trainer", "gpus", "zero_stage", "lr")}
     assert {k: getattr(job.settings, k) for k in one} == one
     assert (job.settings.gpus, job.settings.zero_stage, job.settings.lr) == (2, 3, 1e-6)

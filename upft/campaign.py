@@ -21,6 +21,7 @@ by the next lease.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -156,15 +157,24 @@ class Campaign:
                 "--label", f"{name} (dev)", "--out", str(self.runs / "runs" / name / "eval-dev")]
 
     def zero3(self) -> list[str]:
-        """OpenRLHF on 2 GPUs with ZeRO-3 on the data of a 1-GPU run: its loss curve must match."""
-        name = self.chosen_run(ZERO3_METHOD, 0)
-        one = read_json(self.runs / "runs" / name / "run.json")["config"]["train"]
-        return ["bash", "scripts/train_sft.sh", "--data", str(self.runs / "runs" / name / "prep"),
-                "--model", self.model, "--out", str(self.runs / "runs" / "zero3" / "model"), "--gpus", "2",
-                "--zero-stage", "3", "--master-port", "28999", "--lr", self.lr_choice(ZERO3_METHOD), "--seed", "0",
-                *[f"--{k.replace('_', '-')}={v}" for k, v in one.items()
-                  if k in ("epochs", "batch_size", "micro_batch", "max_len", "attn", "scheduler", "warmup_ratio")],
-                *(["--no-adam-offload"] if one.get("no_adam_offload") else [])]
+        """OpenRLHF on 2 GPUs with ZeRO-3 on the training set of the chosen seed-0 UPFT L=32 run
+        (built first if this lease lacks it): its loss curve must match the 1-GPU run's."""
+        lr = self.lr_choice(ZERO3_METHOD)
+        if lr is None:
+            raise UserError(f"{ZERO3_METHOD}: no learning rate chosen yet")
+        from upft.experiment import load_config
+
+        name = run_name(ZERO3_METHOD, lr, 0)
+        prep = self.runner(ZERO3_METHOD, 0, lr, "prep", port(name))
+        one = load_config(prep[3], [prep[i + 1] for i, c in enumerate(prep) if c == "--set"])["train"]
+        train = ["bash", "scripts/train_sft.sh", "--data", str(self.runs / "runs" / name / "prep"),
+                 "--model", self.model, "--out", str(self.runs / "runs" / "zero3" / "model"), "--gpus", "2",
+                 "--zero-stage", "3", "--master-port", "28999", "--lr", lr, "--seed", "0",
+                 *[f"--{k.replace('_', '-')}={v}" for k, v in one.items()
+                   if k in ("epochs", "batch_size", "micro_batch", "max_len", "attn", "scheduler", "warmup_ratio",
+                            "loss_avg")],
+                 *(["--no-adam-offload"] if one.get("no_adam_offload") else [])]
+        return ["bash", "-c", f"{shlex.join(prep)} && {shlex.join(train)}"]
 
     def _sweep(self, m: str) -> list[Job]:
         jobs = []
@@ -220,7 +230,8 @@ class Campaign:
                 jobs.append(self._test(m, seed))
         if 0 in self.seeds:
             jobs.append(Job("zero3", self.zero3, "runs/zero3/model/train_log.jsonl", gpus=2,
-                            after=(f"test:{ZERO3_METHOD}:s0",), run="zero3", local=True))
+                            after=(f"sample:{ZERO3_METHOD}:s0",),
+                            waits=tuple(f"dev:{ZERO3_METHOD}:{lr}" for lr in (*LRS, EXTRA_LR)), run="zero3"))
         return jobs
 
 

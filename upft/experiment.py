@@ -12,7 +12,7 @@ its folder already holds that run; a changed setting reruns that stage and what 
 (the folder's old run is replaced). Samples live in ``RUNS/samples-<fingerprint>`` so methods
 that share a sampling pool (RFT and Label Filter) decode it once; the fingerprint leaves out how
 the pool is computed (batch size, GPUs), so a pool sampled on four GPUs serves runs on one.
-``--until sample|train`` stops a run after that stage (e.g. to train at several learning rates
+``--until sample|prep|train`` stops a run after that stage (e.g. to train at several learning rates
 and choose one on a dev split before any test evaluation). The run folder
 ``RUNS/<name>`` holds prep/, model/, eval/ and ``run.json``, which the report reads.
 """
@@ -159,7 +159,7 @@ def sample_settings(cfg: dict) -> dict:
             "seed": cfg["seed"], **s}
 
 
-STAGES = ("sample", "train", "eval")
+STAGES = ("sample", "prep", "train", "eval")
 
 
 def pool_dir(cfg: dict, runs: Path) -> Path:
@@ -187,6 +187,8 @@ def run(config: str, runs_dir: str = "runs", overrides: list[str] = (), until: s
         prep = run_dir / "prep"
         run_prep(str(samples), str(prep), method=cfg["method"], L=cfg["L"], p=cfg["p"], suffix=cfg["suffix"],
                  seed=cfg["seed"], keep_truncated=cfg["keep_truncated"], force=True)
+        if until == "prep":
+            return run_dir
         model_dir = run_dir / "model"
         _train(cfg, prep, model_dir)
         if until == "train":
