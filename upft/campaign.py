@@ -360,7 +360,8 @@ class Scheduler:
                     if len(free) >= want:
                         try:
                             self._start(job, free[:want])
-                        except UserError as e:  # e.g. every learning rate of its method was refused
+                        except Exception as e:  # its command cannot be formed (every rate refused, say):
+                            # that job fails, the campaign goes on
                             self.state[job.name] = "failed"
                             self._say(f"failed {job.name}: {e}")
                     elif job.gpus != 1:
