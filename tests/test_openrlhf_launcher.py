@@ -101,7 +101,7 @@ def test_an_experiment_config_sets_the_launcher(data):
 
     cfg = str(REPO / "configs/qwen1.5b-gsm8k/upft-L32.yaml")  # train section via defaults:, trainer: openrlhf
     f = flags(command(parse(["--config", cfg, "--data", str(data), "--model", "m", "--out", "o"])))
-    assert (f["--ds.zero_stage"], f["--train.micro_batch_size"], f["--data.max_len"]) == ("2", "8", "1024")
+    assert (f["--ds.zero_stage"], f["--train.micro_batch_size"], f["--data.max_len"]) == ("2", "16", "1024")
     assert f["--ds.attn_implementation"] == "sdpa" and "--ds.adam_offload" not in f
 
 
