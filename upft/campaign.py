@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Callable

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from statistics import mean, stdev
 
-from upft.campaign import EXTRA_LR, LRS, METHODS, ZERO3_METHOD, Campaign, run_name
+from upft.campaign import EXTRA_LR, LRS, METHODS, POOL_OF, ZERO3_METHOD, Campaign, run_name
 from upft.errors import UserError
-from upft.runio import read_json, read_jsonl, write_json, write_text
+from upft.runio import read_json, read_jsonl, write_json, write_jsonl, write_png
 
 BENCHMARKS = ("gsm8k", "math500")
 KEEP = ("run.json", "failed.json", "jobs.json", "split/split.json", "prep/stats.json", "prep/manifest.json",
@@ -47,9 +47,8 @@ def pack(runs: Path, dest: Path) -> int:
             write_json(out / f"{f.stem}.correct.json", {
                 "ids": [r["id"] for r in rows], "correct": [int(bool(r["correct"])) for r in rows],
                 "n_tokens": [r["n_tokens"] for r in rows], "stopped": [int(r["finish_reason"] == "stop") for r in rows]})
-            write_text(out / f"{f.stem}.first5.jsonl", "".join(
-                __import__("json").dumps({k: r[k] for k in ("id", "response", "gold", "correct", "n_tokens")}) + "\n"
-                for r in rows[:5]))
+            write_jsonl(out / f"{f.stem}.first5.jsonl",
+                        [{k: r[k] for k in ("id", "response", "gold", "correct", "n_tokens")} for r in rows[:5]])
             n += 2
     return n
 
@@ -76,13 +75,13 @@ def _per_question(runs: list[Path], bench: str) -> dict[str, float]:
     return {i: mean(p[i] for p in per) for i in set.intersection(*(set(p) for p in per))}
 
 
-def _gpu_minutes(results: Path, run_dir: Path, pool: str) -> float:
+def _gpu_minutes(results: Path, run_dir: Path, pool: str | None) -> float:
     """Job wall time x GPUs: the pool's sampling, training and test evaluation (dev evals are the
     learning-rate search, reported apart)."""
     jobs = read_json(run_dir / "jobs.json") if (run_dir / "jobs.json").is_file() else {}
     total = sum(j["wall_s"] * j["gpus"] for name, j in jobs.items() if not name.startswith("dev:"))
     marker = results / "runs" / f"{pool}.sampled"
-    if marker.is_file():
+    if pool and marker.is_file():
         total += read_json(marker)["wall_s"] * read_json(marker)["gpus"]
     return round(total / 60, 2)
 
@@ -90,13 +89,10 @@ def _gpu_minutes(results: Path, run_dir: Path, pool: str) -> float:
 def _seed_entry(results: Path, run_dir: Path, method: str, seed: int) -> dict:
     summ = read_json(run_dir / "eval" / "summary.json")["benchmarks"]
     entry = {b: round(summ[b]["accuracy"], 2) for b in BENCHMARKS}
-    if method != "base":
-        stats = read_json(run_dir / "prep" / "stats.json")
-        pool = f"{method if method != 'label_filter' else 'rft'}-s{seed}"
-        entry.update(sampling_tokens=stats["sampling_tokens"], tuning_tokens=stats["tuning_tokens"],
-                     gpu_minutes=_gpu_minutes(results, run_dir, pool))
-    else:
-        entry.update(sampling_tokens=0, tuning_tokens=0, gpu_minutes=_gpu_minutes(results, run_dir, ""))
+    stats = read_json(run_dir / "prep" / "stats.json") if method != "base" else {}
+    pool = f"{POOL_OF.get(method, method)}-s{seed}" if method != "base" else None
+    entry.update(sampling_tokens=stats.get("sampling_tokens", 0), tuning_tokens=stats.get("tuning_tokens", 0),
+                 gpu_minutes=_gpu_minutes(results, run_dir, pool))
     return entry
 
 
@@ -108,7 +104,7 @@ def _refused(run_dir: Path) -> bool:
 
 def summarise(results: Path, model: str, device: str, commands: list[str]) -> dict:
     """summary.json from a committed results folder (runs/<name>/...)."""
-    c = Campaign(model="", data="", runs=results / "_none", results=results)
+    c = Campaign(model="", data="", runs=results, results=results)  # for its learning-rate choice
     runs_root = results / "runs"
     base_dir = runs_root / run_name("base", None, 0)
     if not (base_dir / "eval" / "summary.json").is_file():
@@ -167,7 +163,7 @@ def tables(summary: dict) -> str:
     rows1 = []
     for name, m in ms.items():
         ci = m.get("paired_vs_base", {})
-        cell = lambda b: f"[{ci[b][0]:+.1f}, {ci[b][1]:+.1f}]" if b in ci else "–"  # noqa: E731
+        cell = {b: f"[{ci[b][0]:+.1f}, {ci[b][1]:+.1f}]" if b in ci else "–" for b in BENCHMARKS}.get
         rows1.append(f"| {LABELS[name]} | {m['lr'] if m['lr'] else '–'} | {len(m['seeds'])} | {_pm(m, 'gsm8k')} | "
                      f"{cell('gsm8k')} | {_pm(m, 'math500')} | {cell('math500')} |")
     head2 = "| method | sampling tokens | tuning tokens | GPU minutes |\n|---|---|---|---|\n"
@@ -197,8 +193,4 @@ def figure(summary: dict, path: Path) -> Path:
                 ax.errorbar(max(m["mean"]["tuning_tokens"], 1), y, yerr=err, fmt="o", capsize=3, label=LABELS[name])
         ax.set(xscale="log", xlabel="tuning tokens", ylabel="accuracy (%)", title=bench)
         ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=150, format="png", bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    return write_png(path, fig)

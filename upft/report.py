@@ -9,7 +9,6 @@ be traced back to the files that produced it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
@@ -18,7 +17,7 @@ from matplotlib.figure import Figure
 
 from upft.experiment import METHODS
 from upft.errors import UserError
-from upft.runio import read_json, write_json, write_text
+from upft.runio import read_json, write_json, write_png, write_text
 
 STYLE = {"upft": ("o", "tab:red"), "sft": ("s", "tab:blue"), "rft": ("^", "tab:green"),
          "label_filter": ("D", "tab:purple")}
@@ -195,13 +194,6 @@ def render_markdown(report: dict) -> str:
             f"Hardware: {device}; python {env.get('python', '?')}; packages: {pkgs} (first run's eval)\n")
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=150, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
-
-
 def _accuracy_vs_tokens(settings: list[dict], path: Path) -> Path:
     """Figure 1b of the paper: avg accuracy against tuning tokens, one marker per method."""
     fig = Figure(figsize=(6, 4))
@@ -220,7 +212,7 @@ def _accuracy_vs_tokens(settings: list[dict], path: Path) -> Path:
             seen.add(s["method"])
     ax.set(xscale="log", xlabel="tuning tokens", ylabel="avg accuracy (%)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return write_png(path, fig)
 
 
 def _sweep(runs: list[Run], benchmarks: list[str], knob: str, other: str, path: Path) -> Path:
@@ -240,7 +232,7 @@ def _sweep(runs: list[Run], benchmarks: list[str], knob: str, other: str, path: 
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set(xlabel=knob, ylabel="avg accuracy (%)", title=f"UPFT: accuracy vs {knob}")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return write_png(path, fig)
 
 
 def write_figures(report: dict, runs: list[Run], figs_dir: str | Path) -> list[Path]:

@@ -58,6 +58,16 @@ def write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_png(path: str | Path, fig) -> Path:
+    """Save a matplotlib figure atomically (temp file + rename), as the other writers do."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=150, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

@@ -21,7 +21,7 @@ from upft.backends import add_decoding_args, backend_options, check_decoding
 from upft.data import QuestionSource
 from upft.errors import UserError, cli
 from upft.prefixes import measures, suggest_L
-from upft.runio import read_json, read_jsonl, write_json
+from upft.runio import read_json, read_jsonl, write_json, write_png
 from upft.schema import add_flags, keys
 
 
@@ -69,10 +69,7 @@ def _plot(rows: list[dict], keys_: list[tuple[str, str]], ylabel: str, path: Pat
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set(xlabel="prefix length L (tokens)", ylabel=ylabel)
     ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=150, format="png", bbox_inches="tight")
-    tmp.replace(path)
+    write_png(path, fig)
 
 
 def write_analysis(rows: list[dict], correct: list[bool], lengths: list[int], threshold: float, out: Path,
