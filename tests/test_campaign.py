@@ -53,7 +53,31 @@ def test_real_commands_are_our_entry_points(tmp_path):
         "python", "-m", "upft.experiment"]
     dev = jobs["dev:sft:1e-6"].cmd
     assert dev[1] == "eval/run_eval.py" and dev[dev.index("--data-dir") + 1] == str(tmp_path / "runs" / "split")
-    assert jobs["train:label_filter:1e-6"].after == ("sample:rft:s0",)  # one pool for RFT and Label Filter
+    assert jobs["train:label_filter:1e-6"].after == ("split", "sample:rft:s0")  # one pool for RFT and Label Filter
+
+
+def test_training_waits_for_the_split_when_the_pools_came_from_an_earlier_lease(tmp_path):
+    """Pools travel between leases, the split does not: every training reads the split's question
+    file, so the split runs first even though no sampling job needs it."""
+    c, jobs = _campaign(tmp_path, refuse="")
+    for job in jobs:  # the pools came along; the base model's runs are committed
+        root = c.runs if job.name.startswith("sample:") else c.results if job.name.endswith(":base") else None
+        if root:
+            (root / job.resolve("result")).parent.mkdir(parents=True)
+            (root / job.resolve("result")).write_text(json.dumps({"benchmarks": {"gsm8k": {"accuracy": 50.0}}}))
+    assert Scheduler(c, ["0", "1"], poll_s=0.01).run() == 0
+    order = [x.split()[0] for x in (tmp_path / "order.log").read_text().splitlines()]
+    assert order[0] == "split" and not any(x.startswith("sample:") or x.endswith(":base") for x in order)
+
+
+def test_a_job_that_succeeds_on_a_rerun_leaves_no_failure_behind(tmp_path):
+    c, _ = _campaign(tmp_path, refuse="", crash="train:rft:1e-6")
+    assert Scheduler(c, ["0", "1"], poll_s=0.01).run() == 1
+    failed = c.runs / "runs" / "rft-lr1e-6-s0" / "failed.json"
+    assert failed.is_file()
+    c, _ = _campaign(tmp_path, refuse="")  # the same lease, started again
+    s = Scheduler(c, ["0", "1"], poll_s=0.01)
+    assert s.run() == 0 and s.state["train:rft:1e-6"] == "done" and not failed.exists()
 
 
 def test_scheduler_chooses_lr_on_dev_records_refusals_and_resumes(tmp_path):
@@ -87,13 +111,15 @@ def test_no_sharp_disagreement_no_extra_rate(tmp_path, monkeypatch):
     assert c.lr_choice("rft") == "1e-6"
 
 
-def _eval(run: Path, accs: dict[str, list[int]]) -> None:
+def _eval(run: Path, accs: dict[str, list[int]], short: int = 0) -> None:
+    """An evaluated run; its first ``short`` answers end by themselves after 40 tokens, the rest after 300."""
     (run / "eval").mkdir(parents=True, exist_ok=True)
     summ = {"benchmarks": {b: {"accuracy": 100 * sum(v) / len(v)} for b, v in accs.items()}}
     (run / "eval" / "summary.json").write_text(json.dumps(summ))
     (run / "run.json").write_text("{}")
     for b, v in accs.items():
-        rows = [{"id": f"q{i}", "correct": bool(x), "n_tokens": 10, "finish_reason": "stop", "response": "r",
+        rows = [{"id": f"q{i}", "correct": bool(x), "n_tokens": 40 if i < short else 300, "finish_reason": "stop",
+                 "response": "r",
                  "gold": "1"} for i, x in enumerate(v)]
         (run / "eval" / f"{b}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -106,7 +132,7 @@ def test_pack_and_summary(tmp_path):
     _eval(runs / "runs" / "base-s0", {"gsm8k": base, "math500": base})
     for seed in (0, 1):
         run = runs / "runs" / f"sft-lr1e-6-s{seed}"
-        _eval(run, {"gsm8k": better, "math500": base})
+        _eval(run, {"gsm8k": better, "math500": base}, short=20 if seed == 0 else 0)
         (run / "prep").mkdir()
         (run / "prep" / "stats.json").write_text(json.dumps({"sampling_tokens": 900, "tuning_tokens": 300}))
         (run / "jobs.json").write_text(json.dumps({"test:sft:s0": {"wall_s": 120, "gpus": 1},
@@ -132,8 +158,10 @@ def test_pack_and_summary(tmp_path):
     lo, hi = sft["paired_vs_base"]["gsm8k"]
     assert 0 < lo < 10 < hi < 20  # +10 points, paired: the interval excludes 0
     assert sft["paired_vs_base"]["math500"] == [0.0, 0.0]
+    assert (sft["seeds"]["0"]["gsm8k_short"], sft["mean"]["gsm8k_short"]) == (10.0, 5.0)  # 20 of 200 answers, then none
     md = tables(s)
-    assert "| SFT | 1e-06 | 2 | 60.0 ± 0.0 | [+" in md and "| base | – | 1 | 50.0 | – | 50.0 | – |" in md
+    assert "| SFT | 1e-06 | 2 | 60.0 ± 0.0 | [+" in md and "| base | – | 1 | 50.0 | – | 50.0 | – | 0.0 |" in md
+    assert "| 50.0 ± 0.0 | [+0.0, +0.0] | 5.0 ± 7.1 |" in md
     assert "| SFT | 0.00M | 0.00M | 3.0 |" in md  # seed 1 has no pool of its own in this fixture
     assert figure(s, tmp_path / "f.png").stat().st_size > 1000
 

@@ -182,7 +182,7 @@ class Campaign:
             when = (lambda m=m: self.needs_extra_lr(m)) if extra else None
             waits = tuple(f"dev:{m}:{x}" for x in LRS) if extra else ()
             jobs.append(Job(f"train:{m}:{lr}", self.runner(m, 0, lr, "train", port(name)),
-                            f"runs/{name}/model/config.json", after=(f"sample:{POOL_OF.get(m, m)}:s0",),
+                            f"runs/{name}/model/config.json", after=("split", f"sample:{POOL_OF.get(m, m)}:s0"),
                             waits=waits, when=when, run=name, local=True))
             jobs.append(Job(f"dev:{m}:{lr}", self.dev_eval(name, str(self.runs / "runs" / name / "model")),
                             f"runs/{name}/eval-dev/summary.json", after=(f"train:{m}:{lr}",), when=when, run=name))
@@ -197,7 +197,7 @@ class Campaign:
             lr = self.lr_choice(m)
             return f"runs/{run_name(m, lr, seed)}/run.json" if lr else None
 
-        return Job(f"test:{m}:s{seed}", cmd, result, after=(f"sample:{POOL_OF.get(m, m)}:s{seed}",),
+        return Job(f"test:{m}:s{seed}", cmd, result, after=("split", f"sample:{POOL_OF.get(m, m)}:s{seed}"),
                    waits=tuple(f"dev:{m}:{lr}" for lr in (*LRS, EXTRA_LR)) if 0 in self.seeds else (),
                    run=lambda: self.chosen_run(m, seed))
 
@@ -328,6 +328,9 @@ class Scheduler:
             write_json(times, {**(read_json(times) if times.exists() else {}), job.name: took})
         if rc == 0 and self._done(job):
             self.state[job.name] = "done"
+            stale = self.c.runs / "runs" / run / "failed.json" if run else None
+            if stale and stale.is_file() and read_json(stale).get("job") == job.name:
+                stale.unlink()  # an earlier start of this lease failed where this one succeeded
         else:
             lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
             errors = [ln.split("error: ", 1)[1] for ln in lines if "error: " in ln]

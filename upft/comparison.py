@@ -21,6 +21,8 @@ from upft.runio import read_json, read_jsonl, write_json, write_jsonl, write_png
 BENCHMARKS = ("gsm8k", "math500")
 KEEP = ("run.json", "failed.json", "jobs.json", "split/split.json", "prep/stats.json", "prep/manifest.json",
         "model/manifest.json", "model/train_log.jsonl", "manifest.json")
+SHORT = 96  # tokens: a GSM8K answer of this model that ends by itself this early stopped after its first
+# step (the base model: none of 1319; UPFT's trained prefix end-of-turn is what teaches it)
 PAIRS = (("upft_L32", "sft"), ("upft_L32", "rft"), ("upft_L16", "sft"), ("upft_L16", "rft"))
 
 
@@ -69,6 +71,12 @@ def _correct(run_dir: Path, bench: str) -> dict[str, float]:
     return dict(zip(c["ids"], c["correct"]))
 
 
+def short_share(eval_dir: Path, bench: str = "gsm8k") -> float:
+    """% of a run's answers that ended by themselves within ``SHORT`` tokens."""
+    c = read_json(eval_dir / f"{bench}.correct.json")
+    return round(100 * sum(s and t <= SHORT for t, s in zip(c["n_tokens"], c["stopped"])) / len(c["ids"]), 1)
+
+
 def _per_question(runs: list[Path], bench: str) -> dict[str, float]:
     """Each question's correctness averaged over seeds (the unit the bootstrap resamples)."""
     per = [_correct(r, bench) for r in runs]
@@ -89,6 +97,7 @@ def _gpu_minutes(results: Path, run_dir: Path, pool: str | None) -> float:
 def _seed_entry(results: Path, run_dir: Path, method: str, seed: int) -> dict:
     summ = read_json(run_dir / "eval" / "summary.json")["benchmarks"]
     entry = {b: round(summ[b]["accuracy"], 2) for b in BENCHMARKS}
+    entry["gsm8k_short"] = short_share(run_dir / "eval")
     stats = read_json(run_dir / "prep" / "stats.json") if method != "base" else {}
     pool = f"{POOL_OF.get(method, method)}-s{seed}" if method != "base" else None
     entry.update(sampling_tokens=stats.get("sampling_tokens", 0), tuning_tokens=stats.get("tuning_tokens", 0),
@@ -159,13 +168,14 @@ def _pm(m: dict, key: str) -> str:
 def tables(summary: dict) -> str:
     """Table 1 (accuracy, mean ± std over seeds, paired 95% interval vs base) and Table 2 (cost)."""
     ms = summary["methods"]
-    head1 = "| method | lr | seeds | GSM8K | vs base | MATH-500 | vs base |\n|---|---|---|---|---|---|---|\n"
+    head1 = ("| method | lr | seeds | GSM8K | vs base | MATH-500 | vs base | GSM8K answers ending within "
+             f"{SHORT} tokens (%) |\n|---|---|---|---|---|---|---|---|\n")
     rows1 = []
     for name, m in ms.items():
         ci = m.get("paired_vs_base", {})
         cell = {b: f"[{ci[b][0]:+.1f}, {ci[b][1]:+.1f}]" if b in ci else "–" for b in BENCHMARKS}.get
         rows1.append(f"| {LABELS[name]} | {m['lr'] if m['lr'] else '–'} | {len(m['seeds'])} | {_pm(m, 'gsm8k')} | "
-                     f"{cell('gsm8k')} | {_pm(m, 'math500')} | {cell('math500')} |")
+                     f"{cell('gsm8k')} | {_pm(m, 'math500')} | {cell('math500')} | {_pm(m, 'gsm8k_short')} |")
     head2 = "| method | sampling tokens | tuning tokens | GPU minutes |\n|---|---|---|---|\n"
     rows2 = [f"| {LABELS[n]} | {m['mean']['sampling_tokens'] / 1e6:.2f}M | {m['mean']['tuning_tokens'] / 1e6:.2f}M | "
              f"{m['mean']['gpu_minutes']:.1f} |" for n, m in ms.items() if n != "base"]
