@@ -48,22 +48,32 @@ def test_degenerate_answers_and_finite_steps():
 
 
 def test_early_stop_rules():
-    """Only probes the base model answered past the limit count; all of them ending early is a collapse."""
+    """Only probes the base model answered past the limit count; half of them or more ending early is a collapse."""
     assert early_stop_limit([{"kind": "prefix", "n_sampled_tokens": 32}, {"kind": "full", "n_sampled_tokens": 300},
                              {"kind": "prefix", "n_sampled_tokens": 30}]) == 96
     assert early_stop_limit([{"kind": "full", "n_sampled_tokens": 300}]) is None
-    assert stops_early([None, None], [34, 41], 96) == ("stops early: it ends its answers to 2 multi-step questions "
-                                                      "after 34, 41 tokens, where the base model writes more than 96")
-    assert stops_early([None, None], [34, None], 96) is None  # one answer still runs on
+    assert stops_early([None, None], [34, 41], 96) == ("stops early: it ends its answers to 2 of 2 multi-step "
+                                                      "questions after 34, 41 tokens, where the base model writes "
+                                                      "more than 96")
+    # the local-trainer model that passed the two-probe rule on an H100 and scored 8% on GSM8K
+    assert stops_early([None, None], [35, None], 96) is not None
+    assert stops_early([None] * 8, [30, 40, 50] + [None] * 5, 96) is None  # 3 of 8: most answers run on
+    assert stops_early([None] * 8, [30, 40, 50, 60] + [None] * 4, 96) is not None  # 4 of 8
     assert stops_early([50, None], [20, 41], 96) is not None  # the first probe says nothing
     assert stops_early([50, 60], [20, 30], 96) is None  # nothing to judge
+
+
+def test_batched_greedy_answers_as_one_by_one(model, tok):
+    """The probes go through generate as one left-padded batch: the padding must not change an answer."""
+    qs = [health.REASONING_PROBES[0], "Name the capital of France."]  # prompts of different lengths
+    assert health.greedy(model, tok, qs, 12) == [health.greedy(model, tok, [q], 12)[0] for q in qs]
 
 
 def test_a_model_that_ends_where_the_base_ran_on_is_refused(model, tok, monkeypatch):
     """The real model answers "7 + 5" in a few tokens; told that the base model ran past 40 on it,
     the check must refuse the model, and pass it when the limit is below its answer's length."""
     monkeypatch.setattr(health, "REASONING_PROBES", ("What is 7 + 5? Answer with a number.",))
-    with pytest.raises(UserError, match="stops early: it ends its answers to 1 multi-step questions after"):
+    with pytest.raises(UserError, match="stops early: it ends its answers to 1 of 1 multi-step questions after"):
         check_model(model, tok, early=([None], 40))
     report = check_model(model, tok, early=([None], 1))
     assert report["early_stop"] == {"probes": list(health.REASONING_PROBES), "limit": 1,

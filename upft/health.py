@@ -10,9 +10,13 @@ report refuses a run whose model has no passing check.
 A model tuned on prefixes can also collapse without any NaN: on an H100, Qwen2.5-Coder-1.5B
 tuned with UPFT (L=32, per-sample loss) at lr 1e-5 learned the prefixes' end-of-turn as the end
 of every answer and stopped after about 40 tokens on GSM8K (2% where the base model scores 61%;
-results/gpu/trainer_check.json). So when the training set holds prefixes, the check also asks a
-few multi-step questions before and after training (``answer_lengths``) and refuses a model that
-ends every answer within 3 x L tokens where the base model wrote more (``stops_early``).
+results/gpu/trainer_check.json). So when the training set holds prefixes, the check also asks
+eight multi-step questions before and after training (``answer_lengths``) and refuses a model that
+ends half of its answers or more within 3 x L tokens where the base model wrote more
+(``stops_early``). Two probes that both had to stop were not enough: a later local-trainer run
+ended one of them at 35 tokens, ran on with the other, passed, and scored 8% on GSM8K with 85-token
+answers. A model that stops early on fewer questions passes; its evaluation reports the share of
+short answers (``upft.comparison.short_share``), and the learning-rate choice on the dev split sees it.
 """
 
 from __future__ import annotations
@@ -34,8 +38,21 @@ REASONING_PROBES = (
     "How much change does he get? Think step by step.",
     "A train travels at 60 km per hour for 2 hours, then at 40 km per hour for 3 hours. "
     "How far does it travel in total? Think step by step.",
+    "Anna has 3 boxes with 12 apples each. She gives away 15 apples and buys 8 more. "
+    "How many apples does she have now? Think step by step.",
+    "A rectangle is 8 cm long and 5 cm wide. A square has the same perimeter. "
+    "What is the area of the square? Think step by step.",
+    "Sam saves 15 dollars a week. After 6 weeks he spends a third of his savings on a game. "
+    "How much money does he have left? Think step by step.",
+    "A baker makes 240 cookies and packs them in bags of 8. He sells each bag for 2.5 dollars. "
+    "How much money does he make if he sells all the bags? Think step by step.",
+    "A class has 30 students; 40% of them are boys. Half of the girls play chess. "
+    "How many girls play chess? Think step by step.",
+    "A tank holds 500 liters. It is filled at 20 liters per minute and drained at 5 liters per "
+    "minute at the same time. How long does it take to fill the empty tank? Think step by step.",
 )
 EARLY_STOP_FACTOR = 3  # an answer that ends within 3 x L tokens, where the base model's ran on, stopped early
+EARLY_STOP_SHARE = 0.5  # refused when at least this share of the judged probes stopped early
 REPEAT_RUN = 8  # this many copies of one token in a row, and nothing else, is a collapse
 
 
@@ -67,27 +84,31 @@ def nonfinite_weights(model) -> list[str]:
     return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
 
 
-def greedy(model, tokenizer, question: str, max_new_tokens: int) -> tuple[list[int], bool]:
-    """The model's greedy answer to ``question`` (plain prompt, chat template) as token ids without
-    the end-of-turn, and whether it ended by itself before ``max_new_tokens``."""
+def greedy(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[tuple[list[int], bool]]:
+    """The model's greedy answers to ``questions`` (plain prompt, chat template; one left-padded
+    batch), each as token ids without the end-of-turn, and whether it ended before ``max_new_tokens``."""
     import torch
 
     from upft.models import end_of_turn_id, plain_generation_config
     from upft.prompts import messages, render
 
     stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
-    _, ids = render(tokenizer, messages(question, "plain"))
-    prompt = torch.tensor([ids], device=model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    prompts = [render(tokenizer, messages(q, "plain"))[1] for q in questions]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     was_training = model.training
     model.eval()
     with torch.inference_mode(), plain_generation_config(model):
-        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=stop,
-                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=stop, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
     model.train(was_training)
-    new = out[0, len(ids):].tolist()
-    cut = next((i for i, t in enumerate(new) if t in stop), None)
-    return (new, False) if cut is None else (new[:cut], True)
+    answers = []
+    for row in out[:, width:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in stop), None)
+        answers.append((row, False) if cut is None else (row[:cut], True))
+    return answers
 
 
 def early_stop_limit(rows: list[dict]) -> int | None:
@@ -99,21 +120,19 @@ def early_stop_limit(rows: list[dict]) -> int | None:
 
 def answer_lengths(model, tokenizer, limit: int) -> list[int | None]:
     """Token lengths of the greedy answers to ``REASONING_PROBES``; None where an answer ran past ``limit``."""
-    lengths = []
-    for question in REASONING_PROBES:
-        ids, ended = greedy(model, tokenizer, question, limit)
-        lengths.append(len(ids) if ended else None)
-    return lengths
+    return [len(ids) if ended else None for ids, ended in greedy(model, tokenizer, list(REASONING_PROBES), limit)]
 
 
 def stops_early(base: list[int | None], tuned: list[int | None], limit: int) -> str | None:
-    """Why the tuned model counts as stopping early, else None: on every probe the base model
-    answered past ``limit``, the tuned model ended within it. Probes the base model itself
-    answered briefly say nothing and are skipped; with none left there is nothing to judge."""
+    """Why the tuned model counts as stopping early, else None: on at least ``EARLY_STOP_SHARE``
+    of the probes the base model answered past ``limit``, the tuned model ended within it. Probes
+    the base model itself answered briefly say nothing and are skipped; with none left there is
+    nothing to judge."""
     judged = [t for b, t in zip(base, tuned) if b is None]
-    if judged and all(t is not None for t in judged):
-        return (f"stops early: it ends its answers to {len(judged)} multi-step questions after "
-                f"{', '.join(map(str, judged))} tokens, where the base model writes more than {limit}")
+    short = [t for t in judged if t is not None]
+    if judged and len(short) >= EARLY_STOP_SHARE * len(judged):
+        return (f"stops early: it ends its answers to {len(short)} of {len(judged)} multi-step questions after "
+                f"{', '.join(map(str, short))} tokens, where the base model writes more than {limit}")
     return None
 
 
@@ -129,8 +148,7 @@ def check_model(model, tokenizer, early: tuple[list[int | None], int] | None = N
         raise UserError(f"the trained model has non-finite weights in {len(bad)} tensors "
                         f"(first: {bad[0]}); no model was written")
     answers = []
-    for probe in PROBES:
-        answer, _ = greedy(model, tokenizer, probe, PROBE_TOKENS)
+    for probe, (answer, _) in zip(PROBES, greedy(model, tokenizer, list(PROBES), PROBE_TOKENS)):
         why = degenerate(answer)
         if why:
             raise UserError(f"the trained model has collapsed: asked {probe!r}, it gives {why}; "
@@ -143,7 +161,7 @@ def check_model(model, tokenizer, early: tuple[list[int | None], int] | None = N
         why = stops_early(base_lengths, lengths, limit)
         if why:
             raise UserError(f"the trained model {why}: it learned the prefixes' end-of-turn as the end of an "
-                            "answer; lower lr (the paper uses 1e-6); no model was written")
+                            "answer; try another learning rate; no model was written")
         report["early_stop"] = {"probes": list(REASONING_PROBES), "limit": limit,
                                 "base_lengths": base_lengths, "lengths": lengths}
     return report
