@@ -140,6 +140,9 @@ def test_pack_and_summary(tmp_path):
         (run / "model").mkdir()
         (run / "model" / "model.safetensors").write_text("weights")
     (runs / "runs" / "sft-s0.sampled").write_text(json.dumps({"wall_s": 60, "gpus": 2}))
+    (runs / "runs" / "sft-lr1e-6-s2").mkdir()  # seed 2's training was refused: listed, not averaged away
+    (runs / "runs" / "sft-lr1e-6-s2" / "failed.json").write_text(json.dumps(
+        {"job": "test:sft:s2", "error": "the trained model stops early; no model was written", "final": True}))
     (runs / "runs" / "sft-lr1e-6-s0" / "eval-dev").mkdir()
     (runs / "runs" / "sft-lr1e-6-s0" / "eval-dev" / "summary.json").write_text(
         json.dumps({"benchmarks": {"gsm8k": {"accuracy": 61.0}}}))
@@ -160,7 +163,9 @@ def test_pack_and_summary(tmp_path):
     assert sft["paired_vs_base"]["math500"] == [0.0, 0.0]
     assert (sft["seeds"]["0"]["gsm8k_short"], sft["mean"]["gsm8k_short"]) == (10.0, 5.0)  # 20 of 200 answers, then none
     md = tables(s)
-    assert "| SFT | 1e-06 | 2 | 60.0 ± 0.0 | [+" in md and "| base | – | 1 | 50.0 | – | 50.0 | – | 0.0 |" in md
+    assert s["refused"] == {"sft": {"2": "the trained model stops early; no model was written"}}
+    assert "| SFT | 1e-06 | 2 (+1 refused) | 60.0 ± 0.0 | [+" in md
+    assert "not in the mean: SFT seed 2: the trained model stops early" in md and "| base | – | 1 | 50.0 | – | 50.0 | – | 0.0 |" in md
     assert "| 50.0 ± 0.0 | [+0.0, +0.0] | 5.0 ± 7.1 |" in md
     assert "| SFT | 0.00M | 0.00M | 3.0 |" in md  # seed 1 has no pool of its own in this fixture
     assert figure(s, tmp_path / "f.png").stat().st_size > 1000

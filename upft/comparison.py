@@ -4,7 +4,8 @@
 curves, each answer's correctness; never weights, samples or generations beyond the first five)
 into a folder laid out like the runs. ``summarise`` turns the committed folder into
 ``summary.json``: per method the chosen learning rate, each seed's accuracies, tokens and GPU
-minutes, mean and std over seeds, and paired bootstrap intervals over questions.
+minutes, mean and std over seeds, and paired bootstrap intervals over questions; a seed whose
+training the model check refused is listed under ``refused`` rather than silently left out.
 """
 
 from __future__ import annotations
@@ -124,13 +125,17 @@ def summarise(results: Path, model: str, device: str, commands: list[str]) -> di
                      "chosen": c.lr_choice(m)} for m in METHODS if m != "base"}
     dev_base = runs_root / run_name("base", None, 0) / "eval-dev" / "summary.json"
     lr_choice["base_dev_gsm8k"] = read_json(dev_base)["benchmarks"]["gsm8k"]["accuracy"] if dev_base.is_file() else None
-    methods, per_q = {}, {}
+    methods, per_q, refused = {}, {}, {}
     for m in METHODS:
         lr = None if m == "base" else lr_choice[m]["chosen"]
         if m != "base" and lr is None:
             continue
-        dirs = sorted(d for d in runs_root.glob(f"{m}-{'lr' + lr + '-' if lr else ''}s*")
-                      if (d / "run.json").is_file())
+        tried = sorted(runs_root.glob(f"{m}-{'lr' + lr + '-' if lr else ''}s*"))
+        dirs = [d for d in tried if (d / "run.json").is_file()]
+        no_model = {d.name.rsplit("-s", 1)[1]: read_json(d / "failed.json")["error"] for d in tried
+                    if d not in dirs and _refused(d)}
+        if no_model:  # never averaged away: a seed whose model was refused is listed with the method
+            refused[m] = no_model
         if not dirs:
             continue
         seeds = {d.name.rsplit("-s", 1)[1]: _seed_entry(results, d, m, int(d.name.rsplit("-s", 1)[1])) for d in dirs}
@@ -145,7 +150,7 @@ def summarise(results: Path, model: str, device: str, commands: list[str]) -> di
     paired = {f"{a} vs {b}": {x: paired_bootstrap(per_q[a][x], per_q[b][x]) for x in BENCHMARKS}
               for a, b in PAIRS if a in per_q and b in per_q}
     summary = {"model": model, "device": device, "commands": commands, "lr_choice": lr_choice,
-               "methods": methods, "paired": paired}
+               "methods": methods, "paired": paired, "refused": refused}
     z3 = runs_root / "zero3" / "model" / "train_log.jsonl"
     one = runs_root / run_name(ZERO3_METHOD, lr_choice.get(ZERO3_METHOD, {}).get("chosen"), 0) / "model" / "train_log.jsonl"
     if z3.is_file() and one.is_file():
@@ -174,7 +179,8 @@ def tables(summary: dict) -> str:
     for name, m in ms.items():
         ci = m.get("paired_vs_base", {})
         cell = {b: f"[{ci[b][0]:+.1f}, {ci[b][1]:+.1f}]" if b in ci else "–" for b in BENCHMARKS}.get
-        rows1.append(f"| {LABELS[name]} | {m['lr'] if m['lr'] else '–'} | {len(m['seeds'])} | {_pm(m, 'gsm8k')} | "
+        n = f"{len(m['seeds'])}" + (f" (+{len(summary['refused'][name])} refused)" if name in summary["refused"] else "")
+        rows1.append(f"| {LABELS[name]} | {m['lr'] if m['lr'] else '–'} | {n} | {_pm(m, 'gsm8k')} | "
                      f"{cell('gsm8k')} | {_pm(m, 'math500')} | {cell('math500')} | {_pm(m, 'gsm8k_short')} |")
     head2 = "| method | sampling tokens | tuning tokens | GPU minutes |\n|---|---|---|---|\n"
     rows2 = [f"| {LABELS[n]} | {m['mean']['sampling_tokens'] / 1e6:.2f}M | {m['mean']['tuning_tokens'] / 1e6:.2f}M | "
@@ -183,7 +189,10 @@ def tables(summary: dict) -> str:
                     f"MATH-500 [{v['math500'][0]:+.1f}, {v['math500'][1]:+.1f}]\n" for p, v in summary["paired"].items())
     return ("Table 1: accuracy (%), greedy; mean ± std over seeds; paired bootstrap 95% interval of the "
             "difference to the base model (points; an interval that excludes 0 is a difference beyond noise).\n\n"
-            + head1 + "\n".join(rows1) + "\n\nTable 2: cost per run (mean over seeds).\n\n"
+            + head1 + "\n".join(rows1) + "\n"
+            + "".join(f"\nRefused by the model check, not in the mean: {LABELS[m]} seed {s}: {e}\n"
+                      for m, seeds in summary["refused"].items() for s, e in seeds.items())
+            + "\nTable 2: cost per run (mean over seeds).\n\n"
             + (head2 + "\n".join(rows2) + "\n" if rows2 else "(no tuned method has finished yet)\n")
             + (f"\nPaired intervals between methods:\n{pairs}" if pairs else ""))
 
