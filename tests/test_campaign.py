@@ -162,10 +162,14 @@ def test_pack_and_summary(tmp_path):
     assert 0 < lo < 10 < hi < 20  # +10 points, paired: the interval excludes 0
     assert sft["paired_vs_base"]["math500"] == [0.0, 0.0]
     assert (sft["seeds"]["0"]["gsm8k_short"], sft["mean"]["gsm8k_short"]) == (10.0, 5.0)  # 20 of 200 answers, then none
+    assert sft["short_answers"]["0"] == {"n_short": 20, "n_rest": 180, "acc_short": 60.0, "base_acc_short": 50.0,
+                                         "acc_rest": 60.0, "base_acc_rest": 50.0}
     md = tables(s)
     assert s["refused"] == {"sft": {"2": "the trained model stops early; no model was written"}}
     assert "| SFT | 1e-06 | 2 (+1 refused) | 60.0 ± 0.0 | [+" in md
-    assert "not in the mean: SFT seed 2: the trained model stops early" in md and "| base | – | 1 | 50.0 | – | 50.0 | – | 0.0 |" in md
+    assert "not in the mean: SFT seed 2: the trained model stops early" in md
+    assert ("Short answers, SFT seed 0: 20 GSM8K answers end within 96 tokens, 60.0% right (the base model on those "
+            "questions: 50.0%); on the other 180: 60.0% (base 50.0%)") in md and "SFT seed 1" not in md and "| base | – | 1 | 50.0 | – | 50.0 | – | 0.0 |" in md
     assert "| 50.0 ± 0.0 | [+0.0, +0.0] | 5.0 ± 7.1 |" in md
     assert "| SFT | 0.00M | 0.00M | 3.0 |" in md  # seed 1 has no pool of its own in this fixture
     assert figure(s, tmp_path / "f.png").stat().st_size > 1000

@@ -78,6 +78,22 @@ def short_share(eval_dir: Path, bench: str = "gsm8k") -> float:
     return round(100 * sum(s and t <= SHORT for t, s in zip(c["n_tokens"], c["stopped"])) / len(c["ids"]), 1)
 
 
+def short_answers(eval_dir: Path, base_eval_dir: Path, bench: str = "gsm8k") -> dict:
+    """Where a run's short answers (ending within ``SHORT`` tokens) come from: how many, their
+    accuracy and the base model's on the same questions, and both accuracies on the other questions."""
+    c, base = read_json(eval_dir / f"{bench}.correct.json"), _correct(base_eval_dir.parent, bench)
+    short = {i: bool(s and t <= SHORT) for i, t, s in zip(c["ids"], c["n_tokens"], c["stopped"])}
+    mine = dict(zip(c["ids"], c["correct"]))
+
+    def acc(ids: list[str], of: dict) -> float | None:
+        return round(100.0 * mean(of[i] for i in ids), 1) if ids else None
+
+    parts = {k: [i for i in mine if short[i] == (k == "short") and i in base] for k in ("short", "rest")}
+    return {"n_short": len(parts["short"]), "n_rest": len(parts["rest"]),
+            "acc_short": acc(parts["short"], mine), "base_acc_short": acc(parts["short"], base),
+            "acc_rest": acc(parts["rest"], mine), "base_acc_rest": acc(parts["rest"], base)}
+
+
 def _per_question(runs: list[Path], bench: str) -> dict[str, float]:
     """Each question's correctness averaged over seeds (the unit the bootstrap resamples)."""
     per = [_correct(r, bench) for r in runs]
@@ -122,6 +138,9 @@ def summarise(results: Path, model: str, device: str, commands: list[str]) -> di
     lr_choice = {m: {"dev_gsm8k": {lr: c.dev_accuracy(m, lr) for lr in (*LRS, EXTRA_LR)
                                    if (runs_root / run_name(m, lr, 0)).is_dir()},
                      "refused": sorted(lr for lr in (*LRS, EXTRA_LR) if _refused(runs_root / run_name(m, lr, 0))),
+                     "dev_short": {lr: short_share(runs_root / run_name(m, lr, 0) / "eval-dev")
+                                   for lr in (*LRS, EXTRA_LR)
+                                   if (runs_root / run_name(m, lr, 0) / "eval-dev" / "gsm8k.correct.json").is_file()},
                      "chosen": c.lr_choice(m)} for m in METHODS if m != "base"}
     dev_base = runs_root / run_name("base", None, 0) / "eval-dev" / "summary.json"
     lr_choice["base_dev_gsm8k"] = read_json(dev_base)["benchmarks"]["gsm8k"]["accuracy"] if dev_base.is_file() else None
@@ -146,6 +165,8 @@ def summarise(results: Path, model: str, device: str, commands: list[str]) -> di
         per_q[m] = {b: _per_question(dirs, b) for b in BENCHMARKS}
         if m != "base":
             mk["paired_vs_base"] = {b: paired_bootstrap(per_q[m][b], per_q["base"][b]) for b in BENCHMARKS}
+            mk["short_answers"] = {seed: short_answers(runs_root / f"{m}-lr{lr}-s{seed}" / "eval", base_dir / "eval")
+                                   for seed in seeds}
         methods[m] = mk
     paired = {f"{a} vs {b}": {x: paired_bootstrap(per_q[a][x], per_q[b][x]) for x in BENCHMARKS}
               for a, b in PAIRS if a in per_q and b in per_q}
@@ -190,6 +211,10 @@ def tables(summary: dict) -> str:
     return ("Table 1: accuracy (%), greedy; mean ± std over seeds; paired bootstrap 95% interval of the "
             "difference to the base model (points; an interval that excludes 0 is a difference beyond noise).\n\n"
             + head1 + "\n".join(rows1) + "\n"
+            + "".join(f"\nShort answers, {LABELS[m]} seed {seed}: {d['n_short']} GSM8K answers end within {SHORT} "
+                      f"tokens, {d['acc_short']}% right (the base model on those questions: {d['base_acc_short']}%); "
+                      f"on the other {d['n_rest']}: {d['acc_rest']}% (base {d['base_acc_rest']}%)\n"
+                      for m, x in ms.items() for seed, d in x.get("short_answers", {}).items() if d["n_short"])
             + "".join(f"\nRefused by the model check, not in the mean: {LABELS[m]} seed {s}: {e}\n"
                       for m, seeds in summary["refused"].items() for s, e in seeds.items())
             + "\nTable 2: cost per run (mean over seeds).\n\n"
