@@ -58,6 +58,19 @@ def test_prefix_draws_decode_only_L_tokens(tok, backend, tmp_path):
     assert read_jsonl(out) == rows and not (tmp_path / "samples.jsonl.partial").exists()
 
 
+def test_only_long_gpu_decodes_are_compiled():
+    """A static KV cache makes transformers compile generate's forward on a GPU, once per batch
+    shape: worth it for a long decode, mostly compile time for UPFT's L-token prefixes."""
+    from upft.generation import generation_config
+
+    prefix = generation_config(32, 0.6, 0.95, 0, [2], 0, "cuda")
+    assert prefix.cache_implementation is None and prefix.disable_compile
+    full = generation_config(512, 0.6, 0.95, 0, [2], 0, "cuda")
+    assert full.cache_implementation == "static" and not full.disable_compile
+    assert generation_config(512, 0.0, 1.0, 0, [2], 0, "cpu").cache_implementation is None
+    assert (full.do_sample, full.temperature, full.top_p, full.top_k) == (True, 0.6, 0.95, None)
+
+
 def test_killed_run_resumes_without_duplicates_or_losses(tok, backend, tmp_path):
     out = tmp_path / "samples.jsonl"
     first = sample(QUESTIONS, tok, backend, str(out), L=4, p=0.0, seed=2, style="boxed")
