@@ -217,3 +217,20 @@ def test_a_crash_is_tried_again_by_the_next_lease(tmp_path):
     c.runs.rename(c.results)
     again = Scheduler(c, ["0"], poll_s=0.01).plan()
     assert again["train:rft:1e-6"] == "pending" and again["dev:rft:1e-6"] == "pending"
+
+
+def test_short_answers_need_the_base_models_questions(tmp_path):
+    from upft.comparison import short_answers
+    from upft.errors import UserError
+
+    def run(name: str, ids: list[str], n_tokens: int) -> Path:
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "eval" / "gsm8k.correct.json").write_text(json.dumps(
+            {"ids": ids, "correct": [1] * len(ids), "n_tokens": [n_tokens] * len(ids), "stopped": [1] * len(ids)}))
+        return tmp_path / name / "eval"
+
+    base = run("base", ["a", "b"], 300)
+    assert short_answers(run("all-short", ["a", "b"], 40), base) == {
+        "n_short": 2, "n_rest": 0, "acc_short": 100.0, "base_acc_short": 100.0, "acc_rest": None, "base_acc_rest": None}
+    with pytest.raises(UserError, match="not the base model's"):
+        short_answers(run("other", ["a", "c"], 40), base)

@@ -23,7 +23,8 @@ BENCHMARKS = ("gsm8k", "math500")
 KEEP = ("run.json", "failed.json", "jobs.json", "split/split.json", "prep/stats.json", "prep/manifest.json",
         "model/manifest.json", "model/train_log.jsonl", "manifest.json")
 SHORT = 96  # tokens: a GSM8K answer of this model that ends by itself this early stopped after its first
-# step (the base model: none of 1319; UPFT's trained prefix end-of-turn is what teaches it)
+# step (the base model: none of 1319; UPFT's trained prefix end-of-turn is what teaches it). One
+# threshold for every method (3 x 32), so the column compares; the model check uses 3 x L per run.
 PAIRS = (("upft_L32", "sft"), ("upft_L32", "rft"), ("upft_L16", "sft"), ("upft_L16", "rft"))
 
 
@@ -75,6 +76,8 @@ def _correct(run_dir: Path, bench: str) -> dict[str, float]:
 def short_share(eval_dir: Path, bench: str = "gsm8k") -> float:
     """% of a run's answers that ended by themselves within ``SHORT`` tokens."""
     c = read_json(eval_dir / f"{bench}.correct.json")
+    if not c["ids"]:
+        raise UserError(f"{eval_dir}: no {bench} answers")
     return round(100 * sum(s and t <= SHORT for t, s in zip(c["n_tokens"], c["stopped"])) / len(c["ids"]), 1)
 
 
@@ -84,11 +87,13 @@ def short_answers(eval_dir: Path, base_eval_dir: Path, bench: str = "gsm8k") -> 
     c, base = read_json(eval_dir / f"{bench}.correct.json"), _correct(base_eval_dir.parent, bench)
     short = {i: bool(s and t <= SHORT) for i, t, s in zip(c["ids"], c["n_tokens"], c["stopped"])}
     mine = dict(zip(c["ids"], c["correct"]))
+    if set(mine) != set(base):
+        raise UserError(f"{eval_dir}: its {bench} questions are not the base model's")
 
     def acc(ids: list[str], of: dict) -> float | None:
         return round(100.0 * mean(of[i] for i in ids), 1) if ids else None
 
-    parts = {k: [i for i in mine if short[i] == (k == "short") and i in base] for k in ("short", "rest")}
+    parts = {k: [i for i in mine if short[i] == (k == "short")] for k in ("short", "rest")}
     return {"n_short": len(parts["short"]), "n_rest": len(parts["rest"]),
             "acc_short": acc(parts["short"], mine), "base_acc_short": acc(parts["short"], base),
             "acc_rest": acc(parts["rest"], mine), "base_acc_rest": acc(parts["rest"], base)}
@@ -212,8 +217,9 @@ def tables(summary: dict) -> str:
             "difference to the base model (points; an interval that excludes 0 is a difference beyond noise).\n\n"
             + head1 + "\n".join(rows1) + "\n"
             + "".join(f"\nShort answers, {LABELS[m]} seed {seed}: {d['n_short']} GSM8K answers end within {SHORT} "
-                      f"tokens, {d['acc_short']}% right (the base model on those questions: {d['base_acc_short']}%); "
-                      f"on the other {d['n_rest']}: {d['acc_rest']}% (base {d['base_acc_rest']}%)\n"
+                      f"tokens, {d['acc_short']}% right (the base model on those questions: {d['base_acc_short']}%)"
+                      + (f"; on the other {d['n_rest']}: {d['acc_rest']}% (base {d['base_acc_rest']}%)"
+                         if d["n_rest"] else "") + "\n"
                       for m, x in ms.items() for seed, d in x.get("short_answers", {}).items() if d["n_short"])
             + "".join(f"\nRefused by the model check, not in the mean: {LABELS[m]} seed {s}: {e}\n"
                       for m, seeds in summary["refused"].items() for s, e in seeds.items())

@@ -16,7 +16,8 @@ ends half of its answers or more within 3 x L tokens where the base model wrote 
 (``stops_early``). Two probes that both had to stop were not enough: a later local-trainer run
 ended one of them at 35 tokens, ran on with the other, passed, and scored 8% on GSM8K with 85-token
 answers. A model that stops early on fewer questions passes; its evaluation reports the share of
-short answers (``upft.comparison.short_share``), and the learning-rate choice on the dev split sees it.
+short answers (``upft.comparison.short_share``), and the learning-rate choice on the dev split sees
+its lower accuracy.
 """
 
 from __future__ import annotations
