@@ -73,20 +73,25 @@ def _correct(run_dir: Path, bench: str) -> dict[str, float]:
     return dict(zip(c["ids"], c["correct"]))
 
 
-def short_share(eval_dir: Path, bench: str = "gsm8k") -> float:
-    """% of a run's answers that ended by themselves within ``SHORT`` tokens."""
+def _short(eval_dir: Path, bench: str) -> tuple[dict[str, bool], dict[str, int]]:
+    """Per question of a run: whether its answer ended by itself within ``SHORT`` tokens, and whether it was right."""
     c = read_json(eval_dir / f"{bench}.correct.json")
     if not c["ids"]:
         raise UserError(f"{eval_dir}: no {bench} answers")
-    return round(100 * sum(s and t <= SHORT for t, s in zip(c["n_tokens"], c["stopped"])) / len(c["ids"]), 1)
+    return ({i: bool(s and t <= SHORT) for i, t, s in zip(c["ids"], c["n_tokens"], c["stopped"])},
+            dict(zip(c["ids"], c["correct"])))
+
+
+def short_share(eval_dir: Path, bench: str = "gsm8k") -> float:
+    """% of a run's answers that ended by themselves within ``SHORT`` tokens."""
+    short, _ = _short(eval_dir, bench)
+    return round(100 * sum(short.values()) / len(short), 1)
 
 
 def short_answers(eval_dir: Path, base_eval_dir: Path, bench: str = "gsm8k") -> dict:
     """Where a run's short answers (ending within ``SHORT`` tokens) come from: how many, their
     accuracy and the base model's on the same questions, and both accuracies on the other questions."""
-    c, base = read_json(eval_dir / f"{bench}.correct.json"), _correct(base_eval_dir.parent, bench)
-    short = {i: bool(s and t <= SHORT) for i, t, s in zip(c["ids"], c["n_tokens"], c["stopped"])}
-    mine = dict(zip(c["ids"], c["correct"]))
+    (short, mine), base = _short(eval_dir, bench), _correct(base_eval_dir.parent, bench)
     if set(mine) != set(base):
         raise UserError(f"{eval_dir}: its {bench} questions are not the base model's")
 

@@ -60,6 +60,25 @@ def generation_config(max_new: int, temperature: float, top_p: float, top_k: int
         cache_implementation="static" if static else None, disable_compile=not static)
 
 
+def decode(model, prompts: list[list[int]], config) -> list[tuple[list[int], bool]]:
+    """One left-padded batch through ``generate`` (all prompts end at the same column): each
+    answer's new ids up to its first stop id (``config.eos_token_id``), and whether it stopped."""
+    import torch
+
+    from upft.models import plain_generation_config
+
+    stop, pad, width = set(config.eos_token_id), config.pad_token_id, max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    with torch.inference_mode(), plain_generation_config(model):  # nothing unset comes from the model's config
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    answers = []
+    for row in out[:, width:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in stop), None)
+        answers.append((row, False) if cut is None else (row[:cut], True))
+    return answers
+
+
 class TransformersBackend:
     """Batched ``generate`` on CPU or one GPU.
 
@@ -102,28 +121,10 @@ class TransformersBackend:
              top_k: int) -> list[GenResult]:
         import torch
 
-        from upft.models import plain_generation_config
-
-        pad = self.tokenizer.pad_token_id
-        width = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, r in enumerate(batch):  # left padding: all prompts end at the same column
-            ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[row, width - len(r.prompt_ids):] = 1
-        sample = temperature > 0
-        config = generation_config(max_new, temperature, top_p, top_k, self.stop_ids, pad, self.model.device.type)
-        if sample:
+        config = generation_config(max_new, temperature, top_p, top_k, self.stop_ids, self.tokenizer.pad_token_id,
+                                   self.model.device.type)
+        if temperature > 0:
             torch.manual_seed(request_seed(*(r.seed for r in batch)))
-        device = self.model.device
-        with plain_generation_config(self.model):  # nothing unset is filled from the model's config
-            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      generation_config=config)
-        results = []
-        for row, r in enumerate(batch):
-            new = out[row, width:].tolist()
-            stop = next((j for j, t in enumerate(new) if t in self.stop_ids), None)
-            tokens = new if stop is None else new[:stop]
-            text = self.tokenizer.decode(tokens, skip_special_tokens=False)
-            results.append(GenResult(r.key, tokens, text, "length" if stop is None else "stop"))
-        return results
+        return [GenResult(r.key, tokens, self.tokenizer.decode(tokens, skip_special_tokens=False),
+                          "stop" if ended else "length")
+                for r, (tokens, ended) in zip(batch, decode(self.model, [r.prompt_ids for r in batch], config))]

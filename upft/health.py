@@ -86,29 +86,19 @@ def nonfinite_weights(model) -> list[str]:
 
 
 def greedy(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[tuple[list[int], bool]]:
-    """The model's greedy answers to ``questions`` (plain prompt, chat template; one left-padded
-    batch), each as token ids without the end-of-turn, and whether it ended before ``max_new_tokens``."""
-    import torch
-
-    from upft.models import end_of_turn_id, plain_generation_config
+    """The model's greedy answers to ``questions`` (plain prompt, chat template; one batch), each
+    as token ids without the end-of-turn, and whether it ended before ``max_new_tokens``."""
+    from upft.generation import decode, generation_config
+    from upft.models import end_of_turn_id
     from upft.prompts import messages, render
 
     stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    prompts = [render(tokenizer, messages(q, "plain"))[1] for q in questions]
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    config = generation_config(max_new_tokens, 0.0, 1.0, 0, stop, pad, model.device.type)
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), plain_generation_config(model):
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=stop, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+    answers = decode(model, [render(tokenizer, messages(q, "plain"))[1] for q in questions], config)
     model.train(was_training)
-    answers = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop), None)
-        answers.append((row, False) if cut is None else (row[:cut], True))
     return answers
 
 
