@@ -36,15 +36,26 @@ def _bench(root: Path) -> None:
 def test_perf_json_from_bench_runs(tmp_path):
     _bench(tmp_path)
     p = collect(tmp_path)
-    assert p["device"] == "NVIDIA H100 80GB HBM3"
+    assert p["device"] == "NVIDIA H100 80GB HBM3" and p["missing"] == []
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 21_000 and p["openrlhf"]["second_run_phases_s"]["op_load_s"] == 0.5
 
 
-def test_missing_run_is_one_error(tmp_path):
+def test_partial_bench_lists_what_is_missing(tmp_path):
+    """A lease that ends mid-bench: the finished stages' figures, nulls and a list for the rest."""
     _bench(tmp_path)
-    (tmp_path / "full-transformers" / "manifest.json").unlink()
-    with pytest.raises(UserError, match="bench.sh to the end"):
+    for name in ("full-transformers", "eval-transformers-cold", "openrlhf-2"):
+        (tmp_path / name / "manifest.json").unlink()
+    p = collect(tmp_path)
+    assert p["missing"] == ["full-transformers", "eval-transformers-cold", "openrlhf-2"]
+    assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11}  # no ratio without both halves
+    assert p["upft_sampling_s"]["transformers"] == 12.0
+    assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
+    assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
+
+
+def test_no_finished_stage_is_one_error(tmp_path):
+    with pytest.raises(UserError, match="no finished stage"):
         collect(tmp_path)

@@ -15,46 +15,53 @@ from upft.errors import UserError, cli
 from upft.runio import read_json, write_json
 
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path} is missing: run scripts/gpu/bench.sh to the end")
-    return read_json(path)
-
-
-def _sample(runs: Path, name: str) -> dict:
-    m = _read(runs / name / "manifest.json")
+def _sample(m: dict) -> dict:
     return {"s": round(m["wall_s"], 1), "start_s": round(m.get("backend_start_s", 0.0), 1),
             "tokens": m["sampling_tokens"], "tokens_per_s": round(m["sampling_tokens"] / m["wall_s"])}
 
 
 def _eval(runs: Path, name: str) -> dict:
-    s = _read(runs / name / "gsm8k.summary.json")
-    start = _read(runs / name / "manifest.json").get("backend_start_s")
+    s = read_json(runs / name / "gsm8k.summary.json")
+    start = read_json(runs / name / "manifest.json").get("backend_start_s")
     return {"s": round(s["wall_s"], 1), "start_s": round(start, 1) if start is not None else None,
             "tokens_per_s": round(s["tokens_per_s"]), "accuracy": round(s["accuracy"], 2)}
 
 
 def collect(runs: Path) -> dict:
+    """perf.json from the stages bench.sh finished. A lease can end mid-bench (bench.sh resumes in
+    the next one), so a stage not finished is listed under ``missing`` and its figures are null,
+    never guessed; a folder holding no finished stage at all is an error."""
     backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers"}
-    upft = {k: _sample(runs, f"upft-{v}") for k, v in backends.items()}
-    full = {k: _sample(runs, f"full-{v}") for k, v in backends.items()}
-    cold, warm, tf = _eval(runs, "eval-vllm-cold"), _eval(runs, "eval-vllm-warm"), _eval(runs, "eval-transformers-cold")
-    trains = [_read(runs / f"openrlhf-{i}" / "manifest.json") for i in (1, 2)]
-    env = _read(runs / "eval-vllm-cold" / "summary.json").get("environment", {})
+    evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
+    trains = ("openrlhf-1", "openrlhf-2")
+    stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *trains]
+    done = {name for name in stages if (runs / name / "manifest.json").is_file()}
+    if not done:
+        raise UserError(f"{runs} holds no finished stage of scripts/gpu/bench.sh")
+    upft = {k: _sample(read_json(runs / f"upft-{v}" / "manifest.json")) for k, v in backends.items() if f"upft-{v}" in done}
+    full = {k: _sample(read_json(runs / f"full-{v}" / "manifest.json")) for k, v in backends.items() if f"full-{v}" in done}
+    ev = {name: _eval(runs, name) for name in evals if name in done}
+    cold, warm, tf = (ev.get(name, {}) for name in evals)
+    tr = [read_json(runs / name / "manifest.json") for name in trains if name in done]
+    first = next((runs / name / "summary.json" for name in evals if (runs / name / "summary.json").is_file()), None)
+    env = read_json(first).get("environment", {}) if first else {}
     return {
         "device": env.get("hardware", {}).get("gpu"), "environment": env,
         "commands": ["MODEL=<qwen2.5-coder-1.5b-instruct.gguf> DATA=<mirror> RUNS=<dir> bash scripts/gpu/bench.sh"],
+        "missing": [name for name in stages if name not in done],
         "upft_sampling_s": {k: v["s"] for k, v in upft.items()},
         "full_sampling_s": {k: v["s"] for k, v in full.items()},
-        "upft_over_full": {k: round(upft[k]["s"] / full[k]["s"], 3) for k in upft},
+        "upft_over_full": {k: round(upft[k]["s"] / full[k]["s"], 3) for k in upft if k in full},
         "sampling_detail": {"upft": upft, "full": full},
-        "vllm_gsm8k_s": warm["s"], "vllm_gsm8k_tokens_per_s": warm["tokens_per_s"],
-        "vllm_engine_start_s": {"cold": cold["start_s"], "warm": warm["start_s"]},
-        "transformers_gsm8k_cold_s": round(tf["s"] + (tf["start_s"] or 0), 1),
-        "gsm8k_accuracy": {"vllm_cold": cold["accuracy"], "vllm_warm": warm["accuracy"], "transformers": tf["accuracy"]},
-        "openrlhf": {"tokens_per_s_per_gpu": trains[0]["timing"]["tokens_per_s_per_gpu"],
-                     "phases_s": trains[0]["timing"], "second_run_phases_s": trains[1]["timing"],
-                     "wall_s": [round(t["wall_s"], 1) for t in trains]},
+        "vllm_gsm8k_s": warm.get("s"), "vllm_gsm8k_tokens_per_s": warm.get("tokens_per_s"),
+        "vllm_engine_start_s": {"cold": cold.get("start_s"), "warm": warm.get("start_s")},
+        "transformers_gsm8k_cold_s": round(tf["s"] + (tf["start_s"] or 0), 1) if tf else None,
+        "gsm8k_accuracy": {"vllm_cold": cold.get("accuracy"), "vllm_warm": warm.get("accuracy"),
+                           "transformers": tf.get("accuracy")},
+        "openrlhf": {"tokens_per_s_per_gpu": tr[0]["timing"]["tokens_per_s_per_gpu"] if tr else None,
+                     "phases_s": tr[0]["timing"] if tr else None,
+                     "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
+                     "wall_s": [round(t["wall_s"], 1) for t in tr]},
     }
 
 
