@@ -236,6 +236,7 @@ def tables(summary: dict) -> str:
 def figure(summary: dict, path: Path) -> Path:
     """Accuracy against tuning tokens, one panel per benchmark, error bars = std over seeds."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(10, 4))
     for i, bench in enumerate(BENCHMARKS):
@@ -247,5 +248,6 @@ def figure(summary: dict, path: Path) -> Path:
             else:
                 ax.errorbar(max(m["mean"]["tuning_tokens"], 1), y, yerr=err, fmt="o", capsize=3, label=LABELS[name])
         ax.set(xscale="log", xlabel="tuning tokens", ylabel="accuracy (%)", title=bench)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (3x10^5, 4x10^5) run into each other
         ax.legend(fontsize=7)
     return write_png(path, fig)
