@@ -97,8 +97,6 @@ class TransformersBackend:
         self.batch_size = batch_size
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[list[GenResult]]:
-        import torch
-
         groups: dict[tuple, list[GenRequest]] = {}
         for r in requests:
             groups.setdefault(r.params(), []).append(r)
@@ -108,8 +106,7 @@ class TransformersBackend:
             reqs.sort(key=lambda r: -len(r.prompt_ids))
             for i in range(0, len(reqs), self.batch_size):
                 batch = reqs[i:i + self.batch_size]
-                with torch.inference_mode():
-                    results = self._run(batch, *params)
+                results = self._run(batch, *params)  # decode() runs under inference_mode
                 done += len(batch)
                 new_tokens += sum(len(r.token_ids) for r in results)
                 rate = new_tokens / max(time.time() - t0, 1e-9)

@@ -15,7 +15,8 @@ from upft.errors import UserError, cli
 from upft.runio import read_json, write_json
 
 
-def _sample(m: dict) -> dict:
+def _sample(runs: Path, name: str) -> dict:
+    m = read_json(runs / name / "manifest.json")
     return {"s": round(m["wall_s"], 1), "start_s": round(m.get("backend_start_s", 0.0), 1),
             "tokens": m["sampling_tokens"], "tokens_per_s": round(m["sampling_tokens"] / m["wall_s"])}
 
@@ -38,8 +39,8 @@ def collect(runs: Path) -> dict:
     done = {name for name in stages if (runs / name / "manifest.json").is_file()}
     if not done:
         raise UserError(f"{runs} holds no finished stage of scripts/gpu/bench.sh")
-    upft = {k: _sample(read_json(runs / f"upft-{v}" / "manifest.json")) for k, v in backends.items() if f"upft-{v}" in done}
-    full = {k: _sample(read_json(runs / f"full-{v}" / "manifest.json")) for k, v in backends.items() if f"full-{v}" in done}
+    upft = {k: _sample(runs, f"upft-{v}") for k, v in backends.items() if f"upft-{v}" in done}
+    full = {k: _sample(runs, f"full-{v}") for k, v in backends.items() if f"full-{v}" in done}
     ev = {name: _eval(runs, name) for name in evals if name in done}
     cold, warm, tf = (ev.get(name, {}) for name in evals)
     tr = [read_json(runs / name / "manifest.json") for name in trains if name in done]
