@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from upft.campaign import Campaign, Scheduler
-from upft.comparison import figure, pack, paired_bootstrap, summarise, tables
+from upft.campaign import Campaign, Job, Scheduler
+from upft.comparison import figure, pack, paired_bootstrap, summarise, tables, zero3_figure
 
 DEV = {"1e-6": 60.0, "1e-5": 40.0, "3e-6": 62.0}  # 1e-6 and 1e-5 differ sharply: 3e-6 is tried
 
@@ -48,7 +48,8 @@ def test_real_commands_are_our_entry_points(tmp_path):
     c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=4)
     jobs = {j.name: j for j in c.jobs()}
     pool = jobs["sample:rft:s0"]
-    assert pool.gpus == -1 and "sample.data_parallel_size=4" in pool.cmd and "--until" in pool.cmd
+    assert pool.gpus == -1 and "--until" in pool.cmd and "data_parallel" not in " ".join(pool.cmd)
+    assert pool.command(["0", "3"])[-2:] == ["--set", "sample.data_parallel_size=2"]  # one engine per GPU it gets
     assert "train.lr=1e-5" in jobs["train:sft:1e-5"].cmd and jobs["train:sft:1e-5"].cmd[:3] == [
         "python", "-m", "upft.experiment"]
     dev = jobs["dev:sft:1e-6"].cmd
@@ -100,6 +101,22 @@ def test_scheduler_chooses_lr_on_dev_records_refusals_and_resumes(tmp_path):
     assert again["test:sft:s0"] == "done" and again["train:sft:3e-6"] == "unneeded"
     assert again["train:upft_L16:1e-5"] == "failed"
     assert [n for n, st in again.items() if st == "pending"] == ["dev:upft_L16:1e-5"]  # ends as skipped
+
+
+def test_a_pool_starts_on_half_the_gpus_rather_than_wait_for_a_long_job(tmp_path):
+    """A data-parallel pool waiting behind a 2-GPU job on a 4-GPU node starts on the 2 free GPUs,
+    one vLLM engine each, instead of idling them until the long job ends."""
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=4)
+    log = tmp_path / "order.log"
+
+    def job(name: str, gpus: int, script: str) -> Job:
+        return Job(name, ["sh", "-c", f"{script}; echo {name} $CUDA_VISIBLE_DEVICES $1 >> {log}; touch {c.runs / name}"],
+                   name, gpus=gpus)
+
+    jobs = [job("long", 2, "sleep 1"), job("pool", -1, "true"), job("one", 1, "true")]
+    c.jobs = lambda: jobs
+    assert Scheduler(c, ["0", "1", "2", "3"], poll_s=0.01).run() == 0
+    assert log.read_text().splitlines()[0] == "pool 2,3 sample.data_parallel_size=2"
 
 
 def test_no_sharp_disagreement_no_extra_rate(tmp_path, monkeypatch):
@@ -173,6 +190,25 @@ def test_pack_and_summary(tmp_path):
     assert "| 50.0 ± 0.0 | [+0.0, +0.0] | 5.0 ± 7.1 |" in md
     assert "| SFT | 0.00M | 0.00M | 3.0 |" in md  # seed 1 has no pool of its own in this fixture
     assert figure(s, tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_zero3_check_compares_the_two_loss_curves_step_by_step(tmp_path):
+    res = tmp_path / "results"
+    _eval(tmp_path / "runs" / "runs" / "base-s0", {"gsm8k": [1, 0], "math500": [1, 0]})
+    pack(tmp_path / "runs", res)
+    assert "zero3_check" not in summarise(res, "qwen", "H100", []) and zero3_figure({}, tmp_path / "z.png") is None
+    one, z3 = res / "runs" / "upft_L32-lr1e-5-s0", res / "runs" / "zero3"
+    (one / "eval-dev").mkdir(parents=True)
+    (one / "eval-dev" / "summary.json").write_text(json.dumps({"benchmarks": {"gsm8k": {"accuracy": 58.0}}}))
+    for run, losses in ((one, [0.9, 0.5, 0.3]), (z3, [0.95, 0.5, 0.2])):
+        (run / "model").mkdir(parents=True)
+        (run / "model" / "train_log.jsonl").write_text(
+            "".join(json.dumps({"step": i + 1, "loss_mean": x}) + "\n" for i, x in enumerate(losses)))
+    s = summarise(res, "qwen", "H100", [])
+    z = s["zero3_check"]
+    assert (z["steps"], z["max_abs_diff"], z["mean_abs_diff"]) == ([3, 3], 0.1, 0.05)
+    assert "2 GPUs (ZeRO-3) 3 steps; per-step loss differs by 0.05 on average, 0.1 at most" in tables(s)
+    assert zero3_figure(s, tmp_path / "z.png").stat().st_size > 1000
 
 
 def test_paired_bootstrap_needs_shared_questions():

@@ -64,7 +64,8 @@ def run_name(method: str, lr: str | None, seed: int) -> str:
 class Job:
     """One command of the campaign.
 
-    ``gpus``: 0 = none, -1 = every GPU the campaign has. ``after``: jobs that must be done;
+    ``gpus``: 0 = none, -1 = vLLM data parallel over every free GPU, once half of the campaign's
+    are free (a pool need not wait for a long job on the others). ``after``: jobs that must be done;
     ``waits``: jobs that must only have ended (a refused rate still lets the choice go on).
     ``cmd`` and ``result`` may be functions, for jobs whose run depends on the chosen rate.
     ``local``: the result only counts from this lease (a trained model, a sample pool).
@@ -83,6 +84,11 @@ class Job:
     def resolve(self, attr: str):
         value = getattr(self, attr)
         return value() if callable(value) else value
+
+    def command(self, gpus: list[str]) -> list[str]:
+        """The command to start on ``gpus``: a data-parallel job runs one vLLM engine on each."""
+        cmd = self.resolve("cmd")
+        return [*cmd, "--set", f"sample.data_parallel_size={len(gpus)}"] if self.gpus == -1 else cmd
 
 
 @dataclass
@@ -212,8 +218,7 @@ class Campaign:
         pools = [m for m in tuned if m not in POOL_OF]
         for seed in self.seeds:  # the RFT pool first, on every GPU (vLLM data parallel)
             for m in sorted(pools, key=lambda m: m != "rft"):
-                more = [f"sample.data_parallel_size={self.n_gpus}"] if m == "rft" else []
-                cmd = self.runner(m, seed, None, "sample", *more)
+                cmd = self.runner(m, seed, None, "sample")
                 jobs.append(Job(f"sample:{m}:s{seed}", cmd, self._pool(cmd), gpus=-1 if m == "rft" else 1,
                                 after=("split",), local=True))
         base = run_name("base", None, 0)
@@ -306,7 +311,7 @@ class Scheduler:
     def _start(self, job: Job, gpus: list[str]) -> None:
         log = self.c.runs / "logs" / f"{job.name.replace(':', '_')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = job.resolve("cmd")
+        cmd = job.command(gpus)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else dict(os.environ)
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"$ {' '.join(cmd)}\n")
@@ -358,10 +363,11 @@ class Scheduler:
                     self.state[job.name] = go
                     self._say(f"{go} {job.name}")
                 elif go == "go":
-                    want, free = (len(self._gpus()) if job.gpus == -1 else job.gpus), self._free()
+                    free = self._free()
+                    want = -(-len(self._gpus()) // 2) if job.gpus == -1 else job.gpus
                     if len(free) >= want:
                         try:
-                            self._start(job, free[:want])
+                            self._start(job, free if job.gpus == -1 else free[:want])
                         except Exception as e:  # its command cannot be formed (every rate refused, say):
                             # that job fails, the campaign goes on
                             self.state[job.name] = "failed"

@@ -186,8 +186,10 @@ def summarise(results: Path, model: str, device: str, commands: list[str]) -> di
     one = runs_root / run_name(ZERO3_METHOD, lr_choice.get(ZERO3_METHOD, {}).get("chosen"), 0) / "model" / "train_log.jsonl"
     if z3.is_file() and one.is_file():
         a, b = ([r["loss_mean"] for r in read_jsonl(f) if "loss_mean" in r] for f in (one, z3))
+        diffs = [abs(x - y) for x, y in zip(a, b)]
         summary["zero3_check"] = {"method": ZERO3_METHOD, "steps": [len(a), len(b)],
-                                  "max_abs_diff": round(max(abs(x - y) for x, y in zip(a, b)), 4) if a and b else None,
+                                  "max_abs_diff": round(max(diffs), 4) if diffs else None,
+                                  "mean_abs_diff": round(sum(diffs) / len(diffs), 4) if diffs else None,
                                   "loss_1gpu": a, "loss_2gpu_zero3": b}
     return summary
 
@@ -230,7 +232,14 @@ def tables(summary: dict) -> str:
                       for m, seeds in summary["refused"].items() for s, e in seeds.items())
             + "\nTable 2: cost per run (mean over seeds).\n\n"
             + (head2 + "\n".join(rows2) + "\n" if rows2 else "(no tuned method has finished yet)\n")
-            + (f"\nPaired intervals between methods:\n{pairs}" if pairs else ""))
+            + (f"\nPaired intervals between methods:\n{pairs}" if pairs else "")
+            + (_zero3_line(summary["zero3_check"]) if "zero3_check" in summary else ""))
+
+
+def _zero3_line(z: dict) -> str:
+    return (f"\nZeRO-3 check ({LABELS[z['method']]}, seed 0's training set at the chosen rate): 1 GPU (ZeRO-2) "
+            f"{z['steps'][0]} steps, 2 GPUs (ZeRO-3) {z['steps'][1]} steps; per-step loss differs by "
+            f"{z['mean_abs_diff']} on average, {z['max_abs_diff']} at most.\n")
 
 
 def figure(summary: dict, path: Path) -> Path:
@@ -250,4 +259,20 @@ def figure(summary: dict, path: Path) -> Path:
         ax.set(xscale="log", xlabel="tuning tokens", ylabel="accuracy (%)", title=bench)
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (3x10^5, 4x10^5) run into each other
         ax.legend(fontsize=7)
+    return write_png(path, fig)
+
+
+def zero3_figure(summary: dict, path: Path) -> Path | None:
+    """The 1-GPU and the 2-GPU ZeRO-3 loss curves of the same data, step by step; None before the check ran."""
+    from matplotlib.figure import Figure
+
+    z = summary.get("zero3_check")
+    if not z:
+        return None
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(range(1, len(z["loss_1gpu"]) + 1), z["loss_1gpu"], label="1 GPU, ZeRO-2")
+    ax.plot(range(1, len(z["loss_2gpu_zero3"]) + 1), z["loss_2gpu_zero3"], "--", label="2 GPUs, ZeRO-3")
+    ax.set(xlabel="step (global batch 64)", ylabel="training loss", title=f"OpenRLHF, {LABELS[z['method']]}")
+    ax.legend()
     return write_png(path, fig)

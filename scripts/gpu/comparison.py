@@ -4,7 +4,8 @@
       [--seeds 0,1,2] [--gpus 0,1,2,3] [--dry-run]        # the jobs, each one of our commands
   python scripts/gpu/comparison.py status --runs /root/campaign
   python scripts/gpu/comparison.py pack --runs /root/campaign --out DIR   # what a lease brings back
-  python scripts/gpu/comparison.py summary [--results results/gpu/comparison]   # summary.json,\n      tables.md (Tables 1-2) and figs/comparison_accuracy_vs_tuning_tokens.png
+  python scripts/gpu/comparison.py summary [--results results/gpu/comparison]   # summary.json,
+      tables.md (Tables 1-2), figs/comparison_accuracy_vs_tuning_tokens.png, figs/comparison_zero3_loss.png
 
 Sample pools (hundreds of MB, not committed) can travel to the next lease instead of being drawn
 again: at the end of a lease `tar -czf pools.tgz -C RUNS/runs samples-<fingerprint>...`, at the
@@ -21,7 +22,7 @@ import shlex
 from pathlib import Path
 
 from upft.campaign import Campaign, Scheduler
-from upft.comparison import figure, pack, summarise, tables
+from upft.comparison import figure, pack, summarise, tables, zero3_figure
 from upft.errors import UserError, cli
 from upft.runio import read_json, write_json, write_text
 
@@ -47,8 +48,10 @@ def main(argv: list[str] | None) -> None:
                       meta.get("commands", []))
         write_json(a.results / "summary.json", s)
         write_text(a.results / "tables.md", tables(s))
-        fig = figure(s, Path("figs") / "comparison_accuracy_vs_tuning_tokens.png")
-        print(f"wrote {a.results / 'summary.json'}, {a.results / 'tables.md'} and {fig}")
+        figs = [figure(s, Path("figs") / "comparison_accuracy_vs_tuning_tokens.png"),
+                zero3_figure(s, Path("figs") / "comparison_zero3_loss.png")]
+        print(f"wrote {a.results / 'summary.json'}, {a.results / 'tables.md'}, "
+              + " and ".join(str(f) for f in figs if f))
         return
     if a.runs is None:
         raise UserError(f"{a.what} needs --runs")
