@@ -6,6 +6,12 @@ GPU stack) and skip elsewhere.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from upft.backends import make_backend
@@ -108,3 +114,55 @@ def test_engine_seed_drops_the_per_draw_seed():
     assert sampling_kwargs(SAMPLED, STOP)["seed"] == 12345
     vllm = pytest.importorskip("vllm")
     assert vllm.SamplingParams(**sampling_kwargs(SAMPLED, STOP, engine_seed=True)).sampling_type.name == "RANDOM"
+
+
+PARENT = '''
+import multiprocessing as mp, os, subprocess, sys, time
+from upft import vllm_backend as vb
+
+def serve(pidfile):  # what _serve does first: its own process group, then vLLM's engine process
+    os.setpgrp()
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with open(pidfile + ".tmp", "w") as fh:
+        fh.write(str(engine.pid))
+    os.replace(pidfile + ".tmp", pidfile)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    backend = vb.VLLMBackend.__new__(vb.VLLMBackend)
+    worker = ctx.Process(target=serve, args=(sys.argv[1],))
+    worker.start()
+    backend.workers = [(worker, ctx.Pipe(duplex=False)[1])]
+    vb._track(backend)
+    time.sleep(60)
+'''
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has stopped
+    except FileNotFoundError:
+        return True
+
+
+def test_a_terminated_job_stops_its_engines(tmp_path):
+    """SIGTERM to a job (a scheduler stopping it, `kill -- -PGID`) must not leave vLLM's engine
+    processes holding their GPUs: they live in the workers' own process groups, out of reach of a
+    kill of the job's group, so the job stops them before it exits."""
+    script, pidfile = tmp_path / "parent.py", tmp_path / "engine.pid"
+    script.write_text(PARENT)
+    job = subprocess.Popen([sys.executable, str(script), str(pidfile)], start_new_session=True)
+    for _ in range(300):
+        if pidfile.exists():
+            break
+        time.sleep(0.1)
+    engine = int(pidfile.read_text())
+    os.killpg(job.pid, signal.SIGTERM)
+    assert job.wait(20) == 128 + signal.SIGTERM
+    for _ in range(100):
+        if _gone(engine):
+            break
+        time.sleep(0.1)
+    assert _gone(engine)

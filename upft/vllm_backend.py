@@ -143,7 +143,7 @@ class VLLMBackend:
             proc = ctx.Process(target=_serve, args=(gpus, engine, inbox, self.results))
             proc.start()
             self.workers.append((proc, outbox))
-        atexit.register(self.close)
+        _track(self)
         for _ in groups:
             self._receive()  # "ready", once the engine has loaded
 
@@ -197,3 +197,31 @@ class VLLMBackend:
             if proc.is_alive():  # still starting, not yet in its own process group
                 proc.kill()
         self.workers = []
+        with contextlib.suppress(ValueError):
+            _LIVE.remove(self)
+
+
+_LIVE: list[VLLMBackend] = []
+
+
+def _track(backend: VLLMBackend) -> None:
+    """Stop ``backend``'s engines at exit, and on SIGTERM too. The workers run in their own
+    process groups (so that close() stops vLLM's processes with them); a parent killed by the
+    default SIGTERM action would leave them holding their GPUs, as a killed campaign job once did."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        with contextlib.suppress(ValueError):  # not the main thread: leave the handler alone
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    _LIVE.append(backend)
+
+
+def _close_all(wait: float = 30.0) -> None:
+    for backend in list(_LIVE):
+        backend.close(wait)
+
+
+atexit.register(_close_all)
+
+
+def _on_sigterm(signum, frame) -> None:
+    _close_all(wait=0)
+    raise SystemExit(128 + signum)
