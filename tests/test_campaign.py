@@ -57,6 +57,28 @@ def test_real_commands_are_our_entry_points(tmp_path):
     assert jobs["train:label_filter:1e-6"].after == ("split", "sample:rft:s0")  # one pool for RFT and Label Filter
 
 
+def test_later_seeds_rft_pools_come_last(tmp_path):
+    """A lease finishing seed 1 and starting seed 2: seed 1's RFT pool goes first on every GPU,
+    then seed 1's tests and seed 2's one-GPU pools; seed 2's RFT pool, which would hold half the
+    GPUs for a quarter of an hour, only after everything else has started."""
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", seeds=(1, 2), n_gpus=2)
+    for m in ("sft", "upft_L16", "upft_L32", "rft", "label_filter"):  # seed 0's rate search is committed
+        for lr in ("1e-6", "1e-5"):
+            dev = c.results / "runs" / f"{m}-lr{lr}-s0" / "eval-dev"
+            dev.mkdir(parents=True)
+            (dev / "summary.json").write_text(json.dumps({"benchmarks": {"gsm8k": {"accuracy": 60.0}}}))
+    s, log = Scheduler(c, ["0", "1"], poll_s=0.01), tmp_path / "order.log"
+    for job in s.jobs:
+        def cmd(job=job):
+            out = c.runs / job.resolve("result")
+            return ["sh", "-c", f"echo {job.name} >> {log}; mkdir -p {out.parent} && echo '{{}}' > {out}"]
+        job.cmd = cmd
+    assert s.run() == 0
+    order = log.read_text().split()
+    assert order[:2] == ["split", "sample:rft:s1"] and order[-3:][0] == "sample:rft:s2"
+    assert set(order[-2:]) == {"test:rft:s2", "test:label_filter:s2"}
+
+
 def test_training_waits_for_the_split_when_the_pools_came_from_an_earlier_lease(tmp_path):
     """Pools travel between leases, the split does not: every training reads the split's question
     file, so the split runs first even though no sampling job needs it."""

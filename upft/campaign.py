@@ -69,6 +69,8 @@ class Job:
     ``waits``: jobs that must only have ended (a refused rate still lets the choice go on).
     ``cmd`` and ``result`` may be functions, for jobs whose run depends on the chosen rate.
     ``local``: the result only counts from this lease (a trained model, a sample pool).
+    ``last``: started only after every other job that can start (the list itself stays in
+    dependency order, which the plan needs).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Job:
     when: Callable[[], bool] | None = None
     run: str | Callable[[], str] | None = None
     local: bool = False
+    last: bool = False
 
     def resolve(self, attr: str):
         value = getattr(self, attr)
@@ -216,11 +219,11 @@ class Campaign:
                     local=True)]
         tuned = [m for m in METHODS if m != "base"]
         pools = [m for m in tuned if m not in POOL_OF]
-        for seed in self.seeds:  # the RFT pool first, on every GPU (vLLM data parallel)
-            for m in sorted(pools, key=lambda m: m != "rft"):
+        for seed in self.seeds:  # the first seed's RFT pool first, on every GPU (vLLM data parallel); a
+            for m in sorted(pools, key=lambda m: m != "rft"):  # later seed's would hold the tests back: last
                 cmd = self.runner(m, seed, None, "sample")
                 jobs.append(Job(f"sample:{m}:s{seed}", cmd, self._pool(cmd), gpus=-1 if m == "rft" else 1,
-                                after=("split",), local=True))
+                                after=("split",), local=True, last=m == "rft" and seed != self.seeds[0]))
         base = run_name("base", None, 0)
         jobs.append(Job("test:base", self.runner("base", 0, None, "eval"), f"runs/{base}/run.json", run=base,
                         after=("split",)))  # not before the pool: a job on every GPU goes first
@@ -355,7 +358,7 @@ class Scheduler:
                 if proc.poll() is not None:
                     del self.running[name]
                     self._finish(self.by_name[name], proc.returncode, t0, gpus)
-            for job in self.jobs:
+            for job in sorted(self.jobs, key=lambda j: j.last):
                 if self.state[job.name] != "pending":
                     continue
                 go = self._ready(job)
