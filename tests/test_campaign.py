@@ -178,6 +178,13 @@ def test_pack_and_summary(tmp_path):
                                                    "dev:sft:1e-6": {"wall_s": 600, "gpus": 1}}))
         (run / "model").mkdir()
         (run / "model" / "model.safetensors").write_text("weights")
+        (run / "model" / "manifest.json").write_text(json.dumps({"wall_s": 200.0 + 100 * seed}))
+        (run / "run.json").write_text(json.dumps({"stages": {"sample": f"../samples-{seed}", "train": "model",
+                                                             "eval": "eval"}}))
+        (runs / "runs" / f"samples-{seed}").mkdir()
+        (runs / "runs" / f"samples-{seed}" / "manifest.json").write_text(json.dumps({"wall_s": 50.0}))
+        for b, wall in (("gsm8k", 30.0), ("math500", 10.0)):
+            (run / "eval" / f"{b}.summary.json").write_text(json.dumps({"wall_s": wall}))
     (runs / "runs" / "sft-s0.sampled").write_text(json.dumps({"wall_s": 60, "gpus": 2}))
     (runs / "runs" / "sft-lr1e-6-s2").mkdir()  # seed 2's training was refused: listed, not averaged away
     (runs / "runs" / "sft-lr1e-6-s2" / "failed.json").write_text(json.dumps(
@@ -210,7 +217,10 @@ def test_pack_and_summary(tmp_path):
     assert ("Short answers, SFT seed 0: 20 GSM8K answers end within 96 tokens, 60.0% right (the base model on those "
             "questions: 50.0%); on the other 180: 60.0% (base 50.0%)") in md and "SFT seed 1" not in md and "| base | – | 1 | 50.0 | – | 50.0 | – | 0.0 |" in md
     assert "| 50.0 ± 0.0 | [+0.0, +0.0] | 5.0 ± 7.1 |" in md
-    assert "| SFT | 0.00M | 0.00M | 3.0 |" in md  # seed 1 has no pool of its own in this fixture
+    assert (sft["seeds"]["1"]["sampling_s"], sft["seeds"]["1"]["training_s"], sft["seeds"]["1"]["eval_s"]) == (50, 300, 40)
+    assert "| SFT | 0.00M | 0.00M | 50 | 250 | 40 | 3.0 |" in md  # seed 1 has no pool of its own in this fixture
+    base_run = s["methods"]["base"]["seeds"]["0"]  # samples and trains nothing; no eval summaries in this fixture
+    assert (base_run["sampling_s"], base_run["training_s"], base_run["eval_s"]) == (0.0, 0.0, 0.0)
     assert figure(s, tmp_path / "f.png").stat().st_size > 1000
 
 

@@ -128,8 +128,22 @@ def _seed_entry(results: Path, run_dir: Path, method: str, seed: int) -> dict:
     stats = read_json(run_dir / "prep" / "stats.json") if method != "base" else {}
     pool = f"{POOL_OF.get(method, method)}-s{seed}" if method != "base" else None
     entry.update(sampling_tokens=stats.get("sampling_tokens", 0), tuning_tokens=stats.get("tuning_tokens", 0),
-                 gpu_minutes=_gpu_minutes(results, run_dir, pool))
+                 **_wall_times(run_dir), gpu_minutes=_gpu_minutes(results, run_dir, pool))
     return entry
+
+
+def _wall_times(run_dir: Path) -> dict[str, float]:
+    """Seconds of the run's stages as their manifests and summaries record them: its pool's
+    sampling, training (launch to saved, checked model) and test evaluation (decoding and grading
+    both benchmarks). Engine starts are left out here; they count in the GPU minutes."""
+    stages = read_json(run_dir / "run.json").get("stages", {})
+
+    def wall(stage: str) -> float:
+        f = run_dir / stages[stage] / "manifest.json" if stage in stages else None
+        return round(read_json(f).get("wall_s", 0.0), 1) if f and f.is_file() else 0.0
+
+    evals = [read_json(f).get("wall_s", 0.0) for f in sorted((run_dir / "eval").glob("*.summary.json"))]
+    return {"sampling_s": wall("sample"), "training_s": wall("train"), "eval_s": round(sum(evals), 1)}
 
 
 def _refused(run_dir: Path) -> bool:
@@ -215,8 +229,10 @@ def tables(summary: dict) -> str:
         n = f"{len(m['seeds'])}" + (f" (+{len(summary['refused'][name])} refused)" if name in summary["refused"] else "")
         rows1.append(f"| {LABELS[name]} | {m['lr'] if m['lr'] else '–'} | {n} | {_pm(m, 'gsm8k')} | "
                      f"{cell('gsm8k')} | {_pm(m, 'math500')} | {cell('math500')} | {_pm(m, 'gsm8k_short')} |")
-    head2 = "| method | sampling tokens | tuning tokens | GPU minutes |\n|---|---|---|---|\n"
+    head2 = ("| method | sampling tokens | tuning tokens | sampling (s) | training (s) | test eval (s) | GPU minutes |\n"
+             "|---|---|---|---|---|---|---|\n")
     rows2 = [f"| {LABELS[n]} | {m['mean']['sampling_tokens'] / 1e6:.2f}M | {m['mean']['tuning_tokens'] / 1e6:.2f}M | "
+             f"{m['mean']['sampling_s']:.0f} | {m['mean']['training_s']:.0f} | {m['mean']['eval_s']:.0f} | "
              f"{m['mean']['gpu_minutes']:.1f} |" for n, m in ms.items() if n != "base"]
     pairs = "".join(f"- {p}: GSM8K [{v['gsm8k'][0]:+.1f}, {v['gsm8k'][1]:+.1f}], "
                     f"MATH-500 [{v['math500'][0]:+.1f}, {v['math500'][1]:+.1f}]\n" for p, v in summary["paired"].items())
@@ -230,7 +246,9 @@ def tables(summary: dict) -> str:
                       for m, x in ms.items() for seed, d in x.get("short_answers", {}).items() if d["n_short"])
             + "".join(f"\nRefused by the model check, not in the mean: {LABELS[m]} seed {s}: {e}\n"
                       for m, seeds in summary["refused"].items() for s, e in seeds.items())
-            + "\nTable 2: cost per run (mean over seeds).\n\n"
+            + "\nTable 2: cost per run (mean over seeds): tokens decoded for the pool and trained on; wall "
+              "time of the pool's sampling, the training and the test evaluation (engine starts apart); "
+              "GPU minutes of its jobs, engine starts included.\n\n"
             + (head2 + "\n".join(rows2) + "\n" if rows2 else "(no tuned method has finished yet)\n")
             + (f"\nPaired intervals between methods:\n{pairs}" if pairs else "")
             + (_zero3_line(summary["zero3_check"]) if "zero3_check" in summary else ""))
