@@ -59,3 +59,32 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
 def test_no_finished_stage_is_one_error(tmp_path):
     with pytest.raises(UserError, match="no finished stage"):
         collect(tmp_path)
+
+
+@pytest.mark.parametrize("stages, expected", [
+    ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2"]),
+    ("transformers", ["upft-transformers", "full-transformers", "eval-transformers-cold"]),
+    (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw", "upft-vllm-engine",
+            "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold", "prep-sft",
+            "openrlhf-1", "openrlhf-2"]),
+])
+def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
+    """bench.sh's STAGES: a lease with little time left runs one group (the OpenRLHF runs first draw
+    the full samples their training set is built from). The GPU programs are stand-ins that log
+    their output folder; the figures come from a lease."""
+    import os
+    import subprocess
+
+    log, bin_ = tmp_path / "log", tmp_path / "bin"
+    bin_.mkdir()
+    for name in ("python", "bash"):  # each logs the folder it would write: the value after --out
+        (bin_ / name).write_text(f'#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = --out ] && echo "$2" >> {log}; '
+                                 f'shift; done\nexit 0\n')
+        (bin_ / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
+           "RUNS": str(tmp_path / "runs")}
+    if stages:
+        env["STAGES"] = stages
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, check=True, cwd=tmp_path)
+    assert [Path(x).name for x in log.read_text().split()] == expected

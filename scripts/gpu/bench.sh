@@ -6,32 +6,45 @@
 # transformers GSM8K eval from a cold start; two OpenRLHF SFT runs (the second must load DeepSpeed's
 # ops, not build them). Every stage skips itself when done, so a rerun resumes. Then
 # scripts/gpu/perf.py collects the manifests and summaries. OpenRLHF without flash-attn needs
-# tests/gpu/stubs on PYTHONPATH (added below for those runs only).
+# tests/gpu/stubs on PYTHONPATH (added below for those runs only). STAGES picks groups for a lease
+# with little GPU time left (default: all): vllm, transformers, openrlhf (which first draws the
+# full vLLM samples its training set is built from, unless they are there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-: "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
+: "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf}"
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 mkdir -p "$RUNS"
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
-python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --out "$RUNS/eval-vllm-cold"
-python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --out "$RUNS/eval-vllm-warm"
+if want vllm; then
+  python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --out "$RUNS/eval-vllm-cold"
+  python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --out "$RUNS/eval-vllm-warm"
+fi
 for seeding in draw engine; do
   flag=(); [ "$seeding" = engine ] && flag=(--engine-seed)
-  python sample/generate.py --model "$MODEL" "${Q[@]}" --backend vllm "${flag[@]}" --mode upft --L 32 --p 0.1 \
-    --out "$RUNS/upft-vllm-$seeding"
-  python sample/generate.py --model "$MODEL" "${Q[@]}" --backend vllm "${flag[@]}" --mode full \
-    --out "$RUNS/full-vllm-$seeding"
+  if want vllm; then
+    python sample/generate.py --model "$MODEL" "${Q[@]}" --backend vllm "${flag[@]}" --mode upft --L 32 --p 0.1 \
+      --out "$RUNS/upft-vllm-$seeding"
+  fi
+  if want vllm || { want openrlhf && [ "$seeding" = draw ]; }; then
+    python sample/generate.py --model "$MODEL" "${Q[@]}" --backend vllm "${flag[@]}" --mode full \
+      --out "$RUNS/full-vllm-$seeding"
+  fi
 done
-python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
-  --out "$RUNS/upft-transformers"
-python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode full --out "$RUNS/full-transformers"
-TORCHINDUCTOR_CACHE_DIR="$RUNS/inductor-cold" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" \
-  --batch-size 2048 --out "$RUNS/eval-transformers-cold"
-python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"
-for seed in 1 2; do
-  PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
-    --data "$RUNS/prep-sft" --model "$MODEL" --out "$RUNS/openrlhf-$seed" --gpus 1 --micro-batch 8 \
-    --zero-stage 2 --no-adam-offload --attn sdpa --max-len 1024 --lr 1e-6 --seed "$seed"
-done
+if want transformers; then
+  python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
+    --out "$RUNS/upft-transformers"
+  python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode full --out "$RUNS/full-transformers"
+  TORCHINDUCTOR_CACHE_DIR="$RUNS/inductor-cold" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" \
+    --batch-size 2048 --out "$RUNS/eval-transformers-cold"
+fi
+if want openrlhf; then
+  python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"
+  for seed in 1 2; do
+    PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
+      --data "$RUNS/prep-sft" --model "$MODEL" --out "$RUNS/openrlhf-$seed" --gpus 1 --micro-batch 8 \
+      --zero-stage 2 --no-adam-offload --attn sdpa --max-len 1024 --lr 1e-6 --seed "$seed"
+  done
+fi
 python scripts/gpu/perf.py "$RUNS" results/gpu/perf.json
