@@ -10,8 +10,8 @@ if [ ! -f "$stamp" ] || ! cat requirements.txt scripts/setup_env.sh pyproject.to
   python -m pip install -q --upgrade pip
   python -m pip install -q -r requirements.txt
   # OpenRLHF without its GPU stack (flash-attn, deepspeed, vllm): enough for its SFT dataset class,
-  # which the tests feed our training files through.
-  python -m pip install -q --no-deps openrlhf==0.11.2 pylatexenc==2.10
+  # which the tests feed our training files through, and its data loader set-up.
+  python -m pip install -q --no-deps openrlhf==0.11.2 pylatexenc==2.10 torchdata==0.11.0
   # vLLM without its GPU stack (it pins torch 2.11): enough for the tests to build real SamplingParams
   # and token prompts; generation with vLLM needs a GPU node (requirements-gpu.txt).
   python -m pip install -q --no-deps vllm==0.24.0 msgspec==0.22.0 cbor2==6.3.0 pyzmq==27.3.0 \

@@ -114,22 +114,29 @@ def test_openrlhf_loss_weighting_is_ours(tok, model_path, openrlhf_sft, loss_avg
                                                          for r in rows]),
                                       tok, 512, SimpleNamespace(args=SimpleNamespace(data=data)),
                                       input_template=None, num_processors=1)
-    micro_batches = [ds.collate_fn([ds[0], ds[1]]), ds.collate_fn([ds[2]])]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     loss_fn = openrlhf_sft.SFTLoss()
-    info = _optimizer_step_loss_norm([b[2].squeeze(1)[:, :-1] for b in micro_batches], None, 1, gas=2)
-    total, nll_rows = 0.0, []
-    with torch.no_grad():
-        for ids, attn, mask in micro_batches:
-            ids, attn, mask = ids.squeeze(1), attn.squeeze(1), mask.squeeze(1)
-            logp = log_probs_from_logits(model(ids, attention_mask=attn).logits[:, :-1], ids[:, 1:])
-            total += loss_fn(logp, mask[:, :-1], **info).item() / 2  # DeepSpeed scales by 1/accumulation
-            nll_rows += [-logp[i][mask[i, :-1].bool()] for i in range(len(ids))]
+
+    def step_loss(split: list[list[int]]) -> tuple[float, list]:
+        micro_batches = [ds.collate_fn([ds[i] for i in rows_]) for rows_ in split]
+        info = _optimizer_step_loss_norm([b[2].squeeze(1)[:, :-1] for b in micro_batches], None, 1, gas=2)
+        total, nll_rows = 0.0, []
+        with torch.no_grad():
+            for ids, attn, mask in micro_batches:
+                ids, attn, mask = ids.squeeze(1), attn.squeeze(1), mask.squeeze(1)
+                logp = log_probs_from_logits(model(ids, attention_mask=attn).logits[:, :-1], ids[:, 1:])
+                total += loss_fn(logp, mask[:, :-1], **info).item() / 2  # DeepSpeed scales by 1/accumulation
+                nll_rows += [-logp[i][mask[i, :-1].bool()] for i in range(len(ids))]
+        return total, nll_rows
+
+    total, nll_rows = step_loss([[0, 1], [2]])
     per_row = sum(x.mean().item() for x in nll_rows) / len(nll_rows)
     per_token = sum(x.sum().item() for x in nll_rows) / sum(len(x) for x in nll_rows)
     assert [len(x) for x in nll_rows] == [len(r["target_ids"]) for r in rows]
     assert math.isclose(total, per_row if loss_avg == "sample" else per_token, rel_tol=1e-5)
     assert not math.isclose(per_row, per_token, rel_tol=1e-2)  # the two weightings really differ here
+    # the same rows split otherwise (--upft.group_by_length: the short prefix rows together): the same step loss
+    assert math.isclose(step_loss([[2, 1], [0]])[0], total, rel_tol=1e-5)
 
 
 def test_openrlhf_stops_on_a_non_finite_step(openrlhf_sft):
@@ -177,3 +184,35 @@ def test_a_template_that_adds_think_to_the_generation_prompt_keeps_token_exact_r
     assert rows[0]["target_ids"] == samples[0]["response_ids"] + [eot]
     assert all(r["target_ids"] == s["response_ids"][:6] + [eot] for r, s in zip(rows[1:], samples[1:]))
     assert openrlhf_trained(tok, rows) == [r["target_ids"] for r in rows]
+
+
+def test_group_by_length_sorts_each_ranks_rows_of_a_step_and_nothing_else(openrlhf_sft, tmp_path, monkeypatch):
+    """--upft.group_by_length through OpenRLHF's own setup_dataloader and DistributedSampler: per
+    rank, each optimizer step's rows (micro-batch x accumulation) are the ones OpenRLHF would draw,
+    sorted by length; OpenRLHF's sampler is left as it was for everything else."""
+    import torch.distributed as dist
+    from openrlhf.utils.deepspeed import deepspeed as ds
+
+    from upft.openrlhf_sft import install
+
+    plain = ds.DistributedSampler
+    monkeypatch.setattr(ds.DeepspeedStrategy, "setup_dataloader", ds.DeepspeedStrategy.setup_dataloader)
+    lengths = [5, 300, 7, 9, 250, 6, 8, 400, 5, 12, 280, 6, 7, 9, 10, 11]
+    dataset = type("Rows", (), {"__len__": lambda self: len(lengths), "__getitem__": lambda self, i: i,
+                                "prompts": ["p"] * len(lengths),
+                                "responses": ["r" * (n - 1) for n in lengths]})()
+    install("sample", group_by_length=True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        strategy = SimpleNamespace(ds_device_mesh={"dp": SimpleNamespace(get_group=lambda: dist.group.WORLD)},
+                                   seed=3, accumulated_gradient=2)
+        loader = ds.DeepspeedStrategy.setup_dataloader(strategy, dataset, 2, True, True, lambda b: b)
+    finally:
+        dist.destroy_process_group()
+    assert ds.DistributedSampler is plain and loader.sampler.window == 4
+    drawn = list(plain(dataset, num_replicas=1, rank=0, shuffle=True, seed=3))
+    grouped = [i for batch in loader for i in batch]
+    for step in range(0, len(lengths), 4):
+        assert sorted(grouped[step:step + 4]) == sorted(drawn[step:step + 4])
+        assert [lengths[i] for i in grouped[step:step + 4]] == sorted(lengths[i] for i in drawn[step:step + 4])
+    assert grouped != drawn

@@ -43,6 +43,7 @@ def test_single_node_defaults_are_the_papers(data, monkeypatch):
     assert (f["--adam.lr"], f["--lr_scheduler"], f["--lr_warmup_ratio"]) == ("1e-06", "constant_with_warmup", "0.03")
     assert (f["--train.batch_size"], f["--train.micro_batch_size"], f["--ds.zero_stage"]) == ("64", "1", "3")
     assert "--ds.adam_offload" in f and "--model.gradient_checkpointing_enable" in f
+    assert "--upft.group_by_length" not in f  # off unless asked for
     # OpenRLHF writes to o.tmp; it becomes o only after the model check
     assert f["--ds.param_dtype"] == "bf16" and f["--ckpt.output_dir"] == "o.tmp"
     assert f["--train.seed"] == "0"
@@ -54,6 +55,11 @@ def test_loss_weighting_and_pinned_gpus(data, monkeypatch):
     cmd = command(parse(["--data", str(data), "--model", "m", "--out", "o", "--gpus", "1", "--loss-avg", "token"]))
     assert cmd[1] == "--include=localhost:2" and "--num_gpus=1" not in cmd
     assert flags(cmd)["--upft.loss_avg"] == "token"
+    grouped = command(parse(["--data", str(data), "--model", "m", "--out", "o", "--group-by-length"]))
+    assert "--upft.group_by_length" in grouped
+    from upft.openrlhf_sft import split_args  # what our wrapper of OpenRLHF's trainer makes of it
+
+    assert split_args(grouped[grouped.index("upft.openrlhf_sft") + 1:])[:2] == ("sample", True)
     with pytest.raises(SystemExit):
         parse(["--data", str(data), "--model", "m", "--out", "o", "--loss-avg", "mean"])
 

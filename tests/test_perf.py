@@ -28,9 +28,12 @@ def _bench(root: Path) -> None:
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
         _w(root / name / "manifest.json", {"backend_start_s": start})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
-    for i in (1, 2):
+    for i in (1, 2, "fast"):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
-            "tokens_per_s_per_gpu": 21_000, "op_load_s": 30.0 if i == 1 else 0.5}})
+            "tokens_per_s_per_gpu": 30_000 if i == "fast" else 21_000, "op_load_s": 30.0 if i == 1 else 0.5}})
+        (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
+            json.dumps({"step": s, "loss_mean": 1.0 / s + (0.01 if i == "fast" and s == 2 else 0)}) + "\n"
+            for s in (1, 2, 3)))
 
 
 def test_perf_json_from_bench_runs(tmp_path):
@@ -41,15 +44,18 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 21_000 and p["openrlhf"]["second_run_phases_s"]["op_load_s"] == 0.5
+    fast = p["openrlhf"]["fast"]
+    assert (fast["tokens_per_s_per_gpu"], fast["steps"], fast["max_abs_loss_diff"]) == (30_000, [3, 3], 0.01)
 
 
 def test_partial_bench_lists_what_is_missing(tmp_path):
     """A lease that ends mid-bench: the finished stages' figures, nulls and a list for the rest."""
     _bench(tmp_path)
-    for name in ("full-transformers", "eval-transformers-cold", "openrlhf-2"):
+    for name in ("full-transformers", "eval-transformers-cold", "openrlhf-2", "openrlhf-fast"):
         (tmp_path / name / "manifest.json").unlink()
     p = collect(tmp_path)
-    assert p["missing"] == ["full-transformers", "eval-transformers-cold", "openrlhf-2"]
+    assert p["missing"] == ["full-transformers", "eval-transformers-cold", "openrlhf-2", "openrlhf-fast"]
+    assert p["openrlhf"]["fast"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11}  # no ratio without both halves
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
@@ -62,11 +68,11 @@ def test_no_finished_stage_is_one_error(tmp_path):
 
 
 @pytest.mark.parametrize("stages, expected", [
-    ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2"]),
+    ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
     ("transformers", ["upft-transformers", "full-transformers", "eval-transformers-cold"]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw", "upft-vllm-engine",
             "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold", "prep-sft",
-            "openrlhf-1", "openrlhf-2"]),
+            "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
 ])
 def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     """bench.sh's STAGES: a lease with little time left runs one group (the OpenRLHF runs first draw

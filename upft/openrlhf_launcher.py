@@ -72,6 +72,9 @@ class OpenRLHFSettings:
     no_adam_offload: bool = False
     attn: str = field(default="flash_attention_2", metadata={"help": "flash_attention_2, sdpa or eager"})
     no_gradient_checkpointing: bool = False
+    group_by_length: bool = field(default=False, metadata={
+        "help": "each optimizer step's rows go into micro-batches sorted by length: the same step, less "
+                "padding (see upft.openrlhf_sft)"})
     lora_rank: int = 0
     lora_alpha: int = 16
     tensorboard: str | None = field(default=None, metadata={"help": "TensorBoard log folder (default: OUT/tensorboard)"})
@@ -207,6 +210,8 @@ def command(job: Job) -> list[str]:
         cmd.append("--ds.adam_offload")
     if not a.no_gradient_checkpointing:
         cmd.append("--model.gradient_checkpointing_enable")
+    if a.group_by_length:
+        cmd.append("--upft.group_by_length")
     if a.lora_rank:
         cmd += ["--ds.lora.rank", str(a.lora_rank), "--ds.lora.alpha", str(a.lora_alpha)]
     # run_name is part of the TensorBoard path; OpenRLHF's default holds a ':'

@@ -22,6 +22,13 @@ module as ``__main__``. No OpenRLHF file is copied or edited (four guards, in fa
    would be trained to say ``<|im_end|> <|endoftext|>``, unlike the local trainer's rows.
    ``one_end_per_row`` makes OpenRLHF's tokenizer use the end-of-turn token as its eos (the
    saved tokenizer keeps that, which is what generation should stop on).
+
+And one option, ``--upft.group_by_length``: OpenRLHF pads each micro-batch to its longest row, and
+a UPFT set mixes short prefix rows with 10% full-length ones, so most micro-batches of random rows
+are padded to a full row's length. With the option, each rank's rows of one optimizer step (micro-
+batch x accumulation steps, drawn as OpenRLHF draws them) go into its micro-batches sorted by
+length. The step's rows, and so its loss and gradient, are the same; only the padding shrinks
+(and the order in which micro-batch gradients are summed changes).
 """
 
 from __future__ import annotations
@@ -34,22 +41,44 @@ from upft.health import check_finite
 from upft.errors import UserError
 
 LOSS_FLAG = "--upft.loss_avg"
+GROUP_FLAG = "--upft.group_by_length"
 
 
-def split_args(argv: list[str]) -> tuple[str, list[str]]:
-    """Our ``--upft.loss_avg VALUE`` and the flags that go to OpenRLHF unchanged."""
-    rest, loss_avg = [], "sample"
+def split_args(argv: list[str]) -> tuple[str, bool, list[str]]:
+    """Our ``--upft.loss_avg VALUE`` and ``--upft.group_by_length``, and the flags that go to
+    OpenRLHF unchanged."""
+    rest, loss_avg, group = [], "sample", False
     it = iter(argv)
     for arg in it:
         if arg == LOSS_FLAG:
             loss_avg = next(it, "")
         elif arg.startswith(LOSS_FLAG + "="):
             loss_avg = arg.split("=", 1)[1]
+        elif arg == GROUP_FLAG:
+            group = True
         else:
             rest.append(arg)
     if loss_avg not in ("sample", "token"):
         raise SystemExit(f"error: {LOSS_FLAG} must be 'sample' or 'token', got '{loss_avg}'")
-    return loss_avg, rest
+    return loss_avg, group, rest
+
+
+def length_grouped(sampler_cls):
+    """OpenRLHF's DistributedSampler, its indices sorted by row length within each window of
+    ``window`` (one rank's rows of one optimizer step; the option above)."""
+
+    class LengthGrouped(sampler_cls):
+        def __init__(self, dataset, *args, window: int, **kwargs):
+            super().__init__(dataset, *args, **kwargs)
+            self.window = window
+            self.lengths = [len(p) + len(r) for p, r in zip(dataset.prompts, dataset.responses)]  # characters
+
+        def __iter__(self):
+            indices = list(super().__iter__())
+            for start in range(0, len(indices), self.window):
+                yield from sorted(indices[start:start + self.window], key=self.lengths.__getitem__)
+
+    return LengthGrouped
 
 
 def one_end_per_row(tokenizer):
@@ -62,12 +91,28 @@ def one_end_per_row(tokenizer):
     return tokenizer
 
 
-def install(loss_avg: str) -> None:
-    """Apply the four guards to the imported OpenRLHF modules."""
+def install(loss_avg: str, group_by_length: bool = False) -> None:
+    """Apply the four guards (and the option) to the imported OpenRLHF modules."""
     import openrlhf.utils
     import torch
     from openrlhf.models import SFTLoss
     from openrlhf.trainer import sft_trainer
+
+    if group_by_length:
+        from openrlhf.utils.deepspeed import deepspeed as ds
+
+        plain, setup = ds.DistributedSampler, ds.DeepspeedStrategy.setup_dataloader
+        grouped = length_grouped(plain)
+
+        @functools.wraps(setup)
+        def setup_grouped(self, replay_buffer, batch_size, *args, **kwargs):
+            ds.DistributedSampler = functools.partial(grouped, window=batch_size * self.accumulated_gradient)
+            try:
+                return setup(self, replay_buffer, batch_size, *args, **kwargs)
+            finally:
+                ds.DistributedSampler = plain
+
+        ds.DeepspeedStrategy.setup_dataloader = setup_grouped
 
     get_tokenizer = openrlhf.utils.get_tokenizer  # train_sft imports it from here when it runs
     openrlhf.utils.get_tokenizer = functools.wraps(get_tokenizer)(
@@ -89,8 +134,8 @@ def install(loss_avg: str) -> None:
 
 
 def main() -> None:
-    loss_avg, rest = split_args(sys.argv[1:])
-    install(loss_avg)
+    loss_avg, group_by_length, rest = split_args(sys.argv[1:])
+    install(loss_avg, group_by_length)
     sys.argv = ["openrlhf.cli.train_sft", *rest]
     runpy.run_module("openrlhf.cli.train_sft", run_name="__main__", alter_sys=True)
 

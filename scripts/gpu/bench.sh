@@ -4,7 +4,7 @@
 # vLLM GSM8K eval from a cold and a warm compile cache; UPFT (L=32, p=0.1) vs full sampling of the
 # same 2000 GSM8K train questions on vLLM (a seed per draw, and --engine-seed) and on transformers;
 # transformers GSM8K eval from a cold start; two OpenRLHF SFT runs (the second must load DeepSpeed's
-# ops, not build them). Every stage skips itself when done, so a rerun resumes. Then
+# ops, not build them), and the first again with --group-by-length --no-gradient-checkpointing. Every stage skips itself when done, so a rerun resumes. Then
 # scripts/gpu/perf.py collects the manifests and summaries. OpenRLHF without flash-attn needs
 # tests/gpu/stubs on PYTHONPATH (added below for those runs only). STAGES picks groups for a lease
 # with little GPU time left (default: all): vllm, transformers, openrlhf (which first draws the
@@ -46,5 +46,10 @@ if want openrlhf; then
       --data "$RUNS/prep-sft" --model "$MODEL" --out "$RUNS/openrlhf-$seed" --gpus 1 --micro-batch 8 \
       --zero-stage 2 --no-adam-offload --attn sdpa --max-len 1024 --lr 1e-6 --seed "$seed"
   done
+  # the first run again, with less padding and no recomputation: the same steps, faster?
+  PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
+    --data "$RUNS/prep-sft" --model "$MODEL" --out "$RUNS/openrlhf-fast" --gpus 1 --micro-batch 8 \
+    --zero-stage 2 --no-adam-offload --attn sdpa --max-len 1024 --lr 1e-6 --seed 1 \
+    --group-by-length --no-gradient-checkpointing
 fi
 python scripts/gpu/perf.py "$RUNS" results/gpu/perf.json
