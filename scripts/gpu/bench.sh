@@ -4,11 +4,12 @@
 # vLLM GSM8K eval from a cold and a warm compile cache; UPFT (L=32, p=0.1) vs full sampling of the
 # same 2000 GSM8K train questions on vLLM (a seed per draw, and --engine-seed) and on transformers;
 # transformers GSM8K eval from a cold start; two OpenRLHF SFT runs (the second must load DeepSpeed's
-# ops, not build them), and the first again with --group-by-length --no-gradient-checkpointing. Every stage skips itself when done, so a rerun resumes. Then
-# scripts/gpu/perf.py collects the manifests and summaries. OpenRLHF without flash-attn needs
-# tests/gpu/stubs on PYTHONPATH (added below for those runs only). STAGES picks groups for a lease
-# with little GPU time left (default: all): vllm, transformers, openrlhf (which first draws the
-# full vLLM samples its training set is built from, unless they are there).
+# ops, not build them), and the first again with --group-by-length --no-gradient-checkpointing.
+# Every stage skips itself when done, so a rerun resumes. Then scripts/gpu/perf.py collects the
+# manifests and summaries. OpenRLHF without flash-attn needs tests/gpu/stubs on PYTHONPATH (added
+# below for those runs only). STAGES picks groups for a lease with little GPU time left (default:
+# all): vllm, transformers, openrlhf (which first draws the full vLLM samples its training set is
+# built from, unless they are there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf}"
