@@ -6,6 +6,7 @@ GPU stack) and skip elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -117,25 +118,33 @@ def test_engine_seed_drops_the_per_draw_seed():
 
 
 PARENT = '''
-import multiprocessing as mp, os, subprocess, sys, time
-from upft import vllm_backend as vb
+import os, subprocess, sys, time
+from upft import vllm_backend as vb  # first, as in our entry points: before multiprocessing.util
+import multiprocessing as mp
 
-def serve(pidfile):  # what _serve does first: its own process group, then vLLM's engine process
+def serve(pidfile, inbox):  # what _serve does: its own process group, vLLM's engine process, its inbox
     os.setpgrp()
     engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     with open(pidfile + ".tmp", "w") as fh:
         fh.write(str(engine.pid))
     os.replace(pidfile + ".tmp", pidfile)
-    time.sleep(60)
+    while inbox.recv() is not None:
+        pass
+    engine.terminate()
 
 if __name__ == "__main__":
     ctx = mp.get_context("spawn")
     backend = vb.VLLMBackend.__new__(vb.VLLMBackend)
-    worker = ctx.Process(target=serve, args=(sys.argv[1],))
-    worker.start()
-    backend.workers = [(worker, ctx.Pipe(duplex=False)[1])]
+    inbox, outbox = ctx.Pipe(duplex=False)
+    backend.workers = []
     vb._track(backend)
-    time.sleep(60)
+    worker = ctx.Process(target=serve, args=(sys.argv[1], inbox))
+    worker.start()
+    backend.workers.append((worker, outbox))
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.1)
+    if sys.argv[2] == "wait":
+        time.sleep(60)
 '''
 
 
@@ -147,20 +156,29 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_a_terminated_job_stops_its_engines(tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "exit"])
+def test_a_job_stops_its_engines_when_terminated_or_done(tmp_path, how):
     """SIGTERM to a job (a scheduler stopping it, `kill -- -PGID`) must not leave vLLM's engine
     processes holding their GPUs: they live in the workers' own process groups, out of reach of a
-    kill of the job's group, so the job stops them before it exits."""
+    kill of the job's group, so the job stops them before it exits. A job that ends normally must
+    stop them too, and not hang in multiprocessing's exit step joining workers that wait for work."""
     script, pidfile = tmp_path / "parent.py", tmp_path / "engine.pid"
     script.write_text(PARENT)
-    job = subprocess.Popen([sys.executable, str(script), str(pidfile)], start_new_session=True)
+    job = subprocess.Popen([sys.executable, str(script), str(pidfile), "wait" if how == "sigterm" else "exit"],
+                           start_new_session=True)
     for _ in range(300):
         if pidfile.exists():
             break
         time.sleep(0.1)
     engine = int(pidfile.read_text())
-    os.killpg(job.pid, signal.SIGTERM)
-    assert job.wait(20) == 128 + signal.SIGTERM
+    if how == "sigterm":
+        os.killpg(job.pid, signal.SIGTERM)
+    try:
+        rc = job.wait(20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+    assert rc == (128 + signal.SIGTERM if how == "sigterm" else 0)
     for _ in range(100):
         if _gone(engine):
             break

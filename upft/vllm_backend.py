@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import multiprocessing as mp
+import multiprocessing.util  # noqa: F401  its exit step joins our workers, which wait until close() ends them
 import os
 import queue
 import signal
@@ -138,12 +139,12 @@ class VLLMBackend:
         ctx = mp.get_context("spawn")
         self.results = ctx.Queue()
         self.workers = []
+        _track(self)  # before the first worker starts: a SIGTERM from here on stops what has started
         for gpus in groups:
             inbox, outbox = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_serve, args=(gpus, engine, inbox, self.results))
             proc.start()
             self.workers.append((proc, outbox))
-        _track(self)
         for _ in groups:
             self._receive()  # "ready", once the engine has loaded
 
@@ -202,26 +203,33 @@ class VLLMBackend:
 
 
 _LIVE: list[VLLMBackend] = []
+_OWNER = os.getpid()  # a process forked from this one (a grader, say) must not stop our engines
 
 
 def _track(backend: VLLMBackend) -> None:
     """Stop ``backend``'s engines at exit, and on SIGTERM too. The workers run in their own
     process groups (so that close() stops vLLM's processes with them); a parent killed by the
     default SIGTERM action would leave them holding their GPUs, as a killed campaign job once did."""
+    global _OWNER
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         with contextlib.suppress(ValueError):  # not the main thread: leave the handler alone
             signal.signal(signal.SIGTERM, _on_sigterm)
+    _OWNER = os.getpid()
     _LIVE.append(backend)
 
 
 def _close_all(wait: float = 30.0) -> None:
-    for backend in list(_LIVE):
-        backend.close(wait)
+    if os.getpid() == _OWNER:
+        for backend in list(_LIVE):
+            backend.close(wait)
 
 
-atexit.register(_close_all)
+atexit.register(_close_all)  # after multiprocessing.util's exit step (imported above), so before it runs
 
 
 def _on_sigterm(signum, frame) -> None:
-    _close_all(wait=0)
-    raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    if os.getpid() == _OWNER:
+        _close_all(wait=0)
+        raise SystemExit(128 + signum)
+    os.kill(os.getpid(), signum)  # a forked child: the default action, as if the handler were not there
