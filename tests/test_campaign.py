@@ -141,6 +141,21 @@ def test_a_pool_starts_on_half_the_gpus_rather_than_wait_for_a_long_job(tmp_path
     assert log.read_text().splitlines()[0] == "pool 2,3 sample.data_parallel_size=2"
 
 
+def test_a_job_wanting_more_gpus_than_the_campaign_has_is_skipped_not_waited_for(tmp_path):
+    """The 2-GPU ZeRO-3 check on a 1-GPU node: skipped with a line, and the campaign ends."""
+    import threading
+
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=1)
+    jobs = [Job(name, ["sh", "-c", f"touch {c.runs / name}"], name, gpus=gpus)
+            for name, gpus in (("two", 2), ("pool", -1), ("one", 1))]
+    c.jobs = lambda: jobs
+    s = Scheduler(c, ["0"], poll_s=0.01)
+    t = threading.Thread(target=s.run, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and s.state == {"two": "skipped", "pool": "done", "one": "done"}
+
+
 def test_no_sharp_disagreement_no_extra_rate(tmp_path, monkeypatch):
     monkeypatch.setitem(DEV, "1e-5", 58.0)
     c, _ = _campaign(tmp_path, refuse="")
@@ -218,7 +233,7 @@ def test_pack_and_summary(tmp_path):
             "questions: 50.0%); on the other 180: 60.0% (base 50.0%)") in md and "SFT seed 1" not in md and "| base | – | 1 | 50.0 | – | 50.0 | – | 0.0 |" in md
     assert "| 50.0 ± 0.0 | [+0.0, +0.0] | 5.0 ± 7.1 |" in md
     assert (sft["seeds"]["1"]["sampling_s"], sft["seeds"]["1"]["training_s"], sft["seeds"]["1"]["eval_s"]) == (50, 300, 40)
-    assert "| SFT | 0.00M | 0.00M | 50 | 250 | 40 | 3.0 |" in md  # seed 1 has no pool of its own in this fixture
+    assert "| SFT | 0.00M | 0.00M | 50 (on 2 GPUs) | 250 | 40 | 3.0 |" in md  # seed 1 has no pool of its own here
     base_run = s["methods"]["base"]["seeds"]["0"]  # samples and trains nothing; no eval summaries in this fixture
     assert (base_run["sampling_s"], base_run["training_s"], base_run["eval_s"]) == (0.0, 0.0, 0.0)
     assert figure(s, tmp_path / "f.png").stat().st_size > 1000

@@ -78,6 +78,8 @@ def test_multi_node_uses_torchrun_and_options_map(data):
 def test_bad_inputs(data, tmp_path):
     with pytest.raises(UserError, match="multiple"):
         command(parse(["--data", str(data), "--model", "m", "--out", "o", "--gpus", "3"]))
+    with pytest.raises(UserError, match="group_by_length needs epochs: 1, got 2"):
+        parse(["--data", str(data), "--model", "m", "--out", "o", "--group-by-length", "--epochs", "2"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n")
     with pytest.raises(UserError, match="message list"):

@@ -69,7 +69,8 @@ def test_no_finished_stage_is_one_error(tmp_path):
 
 @pytest.mark.parametrize("stages, expected", [
     ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
-    ("transformers", ["upft-transformers", "full-transformers", "eval-transformers-cold"]),
+    ("transformers,openrlhf", ["full-vllm-draw", "upft-transformers", "full-transformers", "eval-transformers-cold",
+                               "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw", "upft-vllm-engine",
             "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold", "prep-sft",
             "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),

@@ -253,6 +253,7 @@ class Scheduler:
         self.c, self.poll_s = campaign, poll_s
         self.jobs = campaign.jobs()
         self.by_name = {j.name: j for j in self.jobs}
+        self.capacity = len(gpus)  # the GPUs this start was given (the file may lend fewer for a while)
         self.gpus_file = campaign.runs / "gpus"
         if not self.gpus_file.exists():
             self.gpus_file.parent.mkdir(parents=True, exist_ok=True)
@@ -367,8 +368,11 @@ class Scheduler:
                     self._say(f"{go} {job.name}")
                 elif go == "go":
                     free = self._free()
-                    want = -(-len(self._gpus()) // 2) if job.gpus == -1 else job.gpus
-                    if len(free) >= want:
+                    want = max(1, -(-len(self._gpus()) // 2)) if job.gpus == -1 else job.gpus
+                    if want > self.capacity:  # never enough here (the 2-GPU check on a 1-GPU node)
+                        self.state[job.name] = "skipped"
+                        self._say(f"skipped {job.name}: it needs {want} GPUs, the campaign has {self.capacity}")
+                    elif len(free) >= want:
                         try:
                             self._start(job, free if job.gpus == -1 else free[:want])
                         except Exception as e:  # its command cannot be formed (every rate refused, say):

@@ -127,8 +127,10 @@ def _seed_entry(results: Path, run_dir: Path, method: str, seed: int) -> dict:
     entry["gsm8k_short"] = short_share(run_dir / "eval")
     stats = read_json(run_dir / "prep" / "stats.json") if method != "base" else {}
     pool = f"{POOL_OF.get(method, method)}-s{seed}" if method != "base" else None
+    marker = results / "runs" / f"{pool}.sampled"  # the pool's job: how many GPUs it ran on
     entry.update(sampling_tokens=stats.get("sampling_tokens", 0), tuning_tokens=stats.get("tuning_tokens", 0),
-                 **_wall_times(run_dir), gpu_minutes=_gpu_minutes(results, run_dir, pool))
+                 **_wall_times(run_dir), sampling_gpus=read_json(marker)["gpus"] if pool and marker.is_file() else 0,
+                 gpu_minutes=_gpu_minutes(results, run_dir, pool))
     return entry
 
 
@@ -232,7 +234,7 @@ def tables(summary: dict) -> str:
     head2 = ("| method | sampling tokens | tuning tokens | sampling (s) | training (s) | test eval (s) | GPU minutes |\n"
              "|---|---|---|---|---|---|---|\n")
     rows2 = [f"| {LABELS[n]} | {m['mean']['sampling_tokens'] / 1e6:.2f}M | {m['mean']['tuning_tokens'] / 1e6:.2f}M | "
-             f"{m['mean']['sampling_s']:.0f} | {m['mean']['training_s']:.0f} | {m['mean']['eval_s']:.0f} | "
+             f"{m['mean']['sampling_s']:.0f}{_on(m['seeds'])} | {m['mean']['training_s']:.0f} | {m['mean']['eval_s']:.0f} | "
              f"{m['mean']['gpu_minutes']:.1f} |" for n, m in ms.items() if n != "base"]
     pairs = "".join(f"- {p}: GSM8K [{v['gsm8k'][0]:+.1f}, {v['gsm8k'][1]:+.1f}], "
                     f"MATH-500 [{v['math500'][0]:+.1f}, {v['math500'][1]:+.1f}]\n" for p, v in summary["paired"].items())
@@ -252,6 +254,12 @@ def tables(summary: dict) -> str:
             + (head2 + "\n".join(rows2) + "\n" if rows2 else "(no tuned method has finished yet)\n")
             + (f"\nPaired intervals between methods:\n{pairs}" if pairs else "")
             + (_zero3_line(summary["zero3_check"]) if "zero3_check" in summary else ""))
+
+
+def _on(seeds: dict) -> str:
+    """The GPUs a pool ran on, where more than one (vLLM data parallel): its wall time needs them."""
+    gpus = sorted({e["sampling_gpus"] for e in seeds.values()} - {0, 1})
+    return f" (on {'/'.join(map(str, gpus))} GPUs)" if gpus else ""
 
 
 def _zero3_line(z: dict) -> str:

@@ -88,6 +88,9 @@ class OpenRLHFSettings:
                 raise UserError(f"train.{key} must be at least {least}, got {getattr(self, key)}")
         if self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
             raise UserError(f"train.lr must be > 0 and warmup_ratio in [0, 1), got {self.lr} and {self.warmup_ratio}")
+        if self.group_by_length and self.epochs > 1:  # OpenRLHF's steps can then span two epochs,
+            # which the per-step sorting does not follow (upft.openrlhf_sft)
+            raise UserError(f"train.group_by_length needs epochs: 1, got {self.epochs}")
         world = self.gpus * self.nnodes
         if self.batch_size % (self.micro_batch * world):
             raise UserError(f"batch_size {self.batch_size} must be a multiple of micro-batch x GPUs = "

@@ -28,7 +28,8 @@ a UPFT set mixes short prefix rows with 10% full-length ones, so most micro-batc
 are padded to a full row's length. With the option, each rank's rows of one optimizer step (micro-
 batch x accumulation steps, drawn as OpenRLHF draws them) go into its micro-batches sorted by
 length. The step's rows, and so its loss and gradient, are the same; only the padding shrinks
-(and the order in which micro-batch gradients are summed changes).
+(and the order in which micro-batch gradients are summed changes). One epoch only: OpenRLHF lets a
+step run across two epochs, where the windows sorted here would no longer be its steps.
 """
 
 from __future__ import annotations
