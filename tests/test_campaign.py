@@ -18,7 +18,7 @@ DEV = {"1e-6": 60.0, "1e-5": 40.0, "3e-6": 62.0}  # 1e-6 and 1e-5 differ sharply
 
 
 def _campaign(tmp_path: Path, refuse: str = "train:upft_L16:1e-5", crash: str = "") -> tuple[Campaign, list]:
-    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "results", n_gpus=2)
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "results")
     real = c.jobs()
     log = tmp_path / "order.log"
 
@@ -45,7 +45,7 @@ def _campaign(tmp_path: Path, refuse: str = "train:upft_L16:1e-5", crash: str = 
 
 
 def test_real_commands_are_our_entry_points(tmp_path):
-    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=4)
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res")
     jobs = {j.name: j for j in c.jobs()}
     pool = jobs["sample:rft:s0"]
     assert pool.gpus == -1 and "--until" in pool.cmd and "data_parallel" not in " ".join(pool.cmd)
@@ -61,7 +61,7 @@ def test_later_seeds_rft_pools_come_last(tmp_path):
     """A lease finishing seed 1 and starting seed 2: seed 1's RFT pool goes first on every GPU,
     then seed 1's tests and seed 2's one-GPU pools; seed 2's RFT pool, which would hold half the
     GPUs for a quarter of an hour, only after everything else has started."""
-    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", seeds=(1, 2), n_gpus=2)
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", seeds=(1, 2))
     for m in ("sft", "upft_L16", "upft_L32", "rft", "label_filter"):  # seed 0's rate search is committed
         for lr in ("1e-6", "1e-5"):
             dev = c.results / "runs" / f"{m}-lr{lr}-s0" / "eval-dev"
@@ -128,7 +128,7 @@ def test_scheduler_chooses_lr_on_dev_records_refusals_and_resumes(tmp_path):
 def test_a_pool_starts_on_half_the_gpus_rather_than_wait_for_a_long_job(tmp_path):
     """A data-parallel pool waiting behind a 2-GPU job on a 4-GPU node starts on the 2 free GPUs,
     one vLLM engine each, instead of idling them until the long job ends."""
-    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=4)
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res")
     log = tmp_path / "order.log"
 
     def job(name: str, gpus: int, script: str) -> Job:
@@ -145,7 +145,7 @@ def test_a_job_wanting_more_gpus_than_the_campaign_has_is_skipped_not_waited_for
     """The 2-GPU ZeRO-3 check on a 1-GPU node: skipped with a line, and the campaign ends."""
     import threading
 
-    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=1)
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res")
     jobs = [Job(name, ["sh", "-c", f"touch {c.runs / name}"], name, gpus=gpus)
             for name, gpus in (("two", 2), ("pool", -1), ("one", 1))]
     c.jobs = lambda: jobs
@@ -273,7 +273,7 @@ def test_zero3_command_is_the_one_gpu_run_on_two(tmp_path):
     from upft.configs import read_config
     from upft.openrlhf_launcher import parse
 
-    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res", n_gpus=4)
+    c = Campaign(model="M.gguf", data="D", runs=tmp_path / "runs", results=tmp_path / "res")
     for lr, acc in (("1e-6", 60.0), ("1e-5", 58.0)):
         dev = c.runs / "runs" / f"upft_L32-lr{lr}-s0" / "eval-dev"
         dev.mkdir(parents=True)

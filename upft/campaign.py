@@ -104,7 +104,6 @@ class Campaign:
     results: Path
     configs: Path = Path("configs/qwen1.5b-gsm8k")
     seeds: tuple[int, ...] = (0,)
-    n_gpus: int = 4
     python: str = "python"
     extra_set: list[str] = field(default_factory=list)
 

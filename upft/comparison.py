@@ -17,6 +17,7 @@ from statistics import mean, stdev
 
 from upft.campaign import EXTRA_LR, LRS, METHODS, POOL_OF, ZERO3_METHOD, Campaign, run_name
 from upft.errors import UserError
+from upft.openrlhf_launcher import compare_losses
 from upft.runio import read_json, read_jsonl, write_json, write_jsonl, write_png
 
 BENCHMARKS = ("gsm8k", "math500")
@@ -110,15 +111,12 @@ def _per_question(runs: list[Path], bench: str) -> dict[str, float]:
     return {i: mean(p[i] for p in per) for i in set.intersection(*(set(p) for p in per))}
 
 
-def _gpu_minutes(results: Path, run_dir: Path, pool: str | None) -> float:
+def _gpu_minutes(run_dir: Path, pool_job: dict) -> float:
     """Job wall time x GPUs: the pool's sampling, training and test evaluation (dev evals are the
     learning-rate search, reported apart)."""
     jobs = read_json(run_dir / "jobs.json") if (run_dir / "jobs.json").is_file() else {}
     total = sum(j["wall_s"] * j["gpus"] for name, j in jobs.items() if not name.startswith("dev:"))
-    marker = results / "runs" / f"{pool}.sampled"
-    if pool and marker.is_file():
-        total += read_json(marker)["wall_s"] * read_json(marker)["gpus"]
-    return round(total / 60, 2)
+    return round((total + pool_job.get("wall_s", 0) * pool_job.get("gpus", 0)) / 60, 2)
 
 
 def _seed_entry(results: Path, run_dir: Path, method: str, seed: int) -> dict:
@@ -127,10 +125,11 @@ def _seed_entry(results: Path, run_dir: Path, method: str, seed: int) -> dict:
     entry["gsm8k_short"] = short_share(run_dir / "eval")
     stats = read_json(run_dir / "prep" / "stats.json") if method != "base" else {}
     pool = f"{POOL_OF.get(method, method)}-s{seed}" if method != "base" else None
-    marker = results / "runs" / f"{pool}.sampled"  # the pool's job: how many GPUs it ran on
+    marker = results / "runs" / f"{pool}.sampled"  # the pool's job: its wall time and GPUs
+    pool_job = read_json(marker) if pool and marker.is_file() else {}
     entry.update(sampling_tokens=stats.get("sampling_tokens", 0), tuning_tokens=stats.get("tuning_tokens", 0),
-                 **_wall_times(run_dir), sampling_gpus=read_json(marker)["gpus"] if pool and marker.is_file() else 0,
-                 gpu_minutes=_gpu_minutes(results, run_dir, pool))
+                 **_wall_times(run_dir), sampling_gpus=pool_job.get("gpus", 0),
+                 gpu_minutes=_gpu_minutes(run_dir, pool_job))
     return entry
 
 
@@ -201,12 +200,9 @@ def summarise(results: Path, model: str, device: str, commands: list[str]) -> di
     z3 = runs_root / "zero3" / "model" / "train_log.jsonl"
     one = runs_root / run_name(ZERO3_METHOD, lr_choice.get(ZERO3_METHOD, {}).get("chosen"), 0) / "model" / "train_log.jsonl"
     if z3.is_file() and one.is_file():
-        a, b = ([r["loss_mean"] for r in read_jsonl(f) if "loss_mean" in r] for f in (one, z3))
-        diffs = [abs(x - y) for x, y in zip(a, b)]
-        summary["zero3_check"] = {"method": ZERO3_METHOD, "steps": [len(a), len(b)],
-                                  "max_abs_diff": round(max(diffs), 4) if diffs else None,
-                                  "mean_abs_diff": round(sum(diffs) / len(diffs), 4) if diffs else None,
-                                  "loss_1gpu": a, "loss_2gpu_zero3": b}
+        check = compare_losses(one, z3)
+        summary["zero3_check"] = {"method": ZERO3_METHOD, **{k: v for k, v in check.items() if k != "losses"},
+                                  "loss_1gpu": check["losses"][0], "loss_2gpu_zero3": check["losses"][1]}
     return summary
 
 

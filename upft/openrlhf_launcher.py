@@ -232,6 +232,15 @@ def check_gpus(wanted: int) -> None:
         raise UserError(f"asked for {wanted} GPUs on this node but {have} are visible")
 
 
+def compare_losses(one: Path, other: Path) -> dict:
+    """Two runs' per-step losses (their ``train_log.jsonl``) side by side: runs that should take the
+    same steps (1 GPU vs ZeRO-3 on 2; with and without --group-by-length) must follow each other."""
+    a, b = ([r["loss_mean"] for r in read_jsonl(f) if "loss_mean" in r] for f in (one, other))
+    diffs = [abs(x - y) for x, y in zip(a, b)]
+    return {"steps": [len(a), len(b)], "max_abs_diff": round(max(diffs), 4) if diffs else None,
+            "mean_abs_diff": round(sum(diffs) / len(diffs), 4) if diffs else None, "losses": [a, b]}
+
+
 def loss_curve(tb_dir: str) -> list[dict]:
     """The training loss per logged step, read from OpenRLHF's TensorBoard event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -74,7 +74,7 @@ def main(argv: list[str] | None) -> None:
     gpus = [g for g in a.gpus.split(",") if g.strip()]
     if not gpus:
         raise UserError("--gpus is empty")
-    c = Campaign(model=a.model, data=a.data, runs=a.runs, results=a.results, seeds=seeds, n_gpus=len(gpus))
+    c = Campaign(model=a.model, data=a.data, runs=a.runs, results=a.results, seeds=seeds)
     if a.dry_run:
         for job in c.jobs():
             cmd = job.cmd if isinstance(job.cmd, list) else ["<after the learning-rate choice>"]

@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 
 from upft.errors import UserError, cli
-from upft.runio import read_json, read_jsonl, write_json
+from upft.openrlhf_launcher import compare_losses
+from upft.runio import read_json, write_json
 
 
 def _sample(runs: Path, name: str) -> dict:
@@ -43,8 +44,7 @@ def collect(runs: Path) -> dict:
     full = {k: _sample(runs, f"full-{v}") for k, v in backends.items() if f"full-{v}" in done}
     ev = {name: _eval(runs, name) for name in evals if name in done}
     cold, warm, tf = (ev.get(name, {}) for name in evals)
-    tr = [read_json(runs / name / "manifest.json") for name in trains[:2] if name in done]
-    fast = read_json(runs / "openrlhf-fast" / "manifest.json") if "openrlhf-fast" in done else None
+    tr = [read_json(runs / name / "manifest.json") for name in ("openrlhf-1", "openrlhf-2") if name in done]
     first = next((runs / name / "summary.json" for name in evals if (runs / name / "summary.json").is_file()), None)
     env = read_json(first).get("environment", {}) if first else {}
     return {
@@ -64,7 +64,7 @@ def collect(runs: Path) -> dict:
                      "phases_s": tr[0]["timing"] if tr else None,
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
-                     "fast": _fast(runs) if fast and "openrlhf-1" in done else None},
+                     "fast": _fast(runs) if {"openrlhf-1", "openrlhf-fast"} <= done else None},
     }
 
 
@@ -72,12 +72,10 @@ def _fast(runs: Path) -> dict:
     """The first run again with --group-by-length --no-gradient-checkpointing: the same steps (same
     seed, so the same rows per step) computed with less padding and no recomputation. Its loss
     must follow the first run's step by step; the figures say what the two settings buy."""
-    one, fast = ([r["loss_mean"] for r in read_jsonl(runs / name / "train_log.jsonl") if "loss_mean" in r]
-                 for name in ("openrlhf-1", "openrlhf-fast"))
+    check = compare_losses(runs / "openrlhf-1" / "train_log.jsonl", runs / "openrlhf-fast" / "train_log.jsonl")
     timing = read_json(runs / "openrlhf-fast" / "manifest.json")["timing"]
-    diffs = [abs(a - b) for a, b in zip(one, fast)]
     return {"tokens_per_s_per_gpu": timing["tokens_per_s_per_gpu"], "phases_s": timing,
-            "steps": [len(one), len(fast)], "max_abs_loss_diff": round(max(diffs), 4) if diffs else None}
+            "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"]}
 
 
 def main(argv: list[str] | None) -> None:
