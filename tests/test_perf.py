@@ -21,10 +21,11 @@ def _w(path: Path, obj: dict) -> None:
 
 
 def _bench(root: Path) -> None:
-    for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers")):
+    for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
-    for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0)):
+    for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
+                        ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0)):
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
         _w(root / name / "manifest.json", {"backend_start_s": start})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
@@ -40,7 +41,11 @@ def test_perf_json_from_bench_runs(tmp_path):
     _bench(tmp_path)
     p = collect(tmp_path)
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["missing"] == []
-    assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12}
+    assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,
+                                   "transformers_eager": 0.13}
+    assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
+                                                              "accuracy": 62.0}
+    assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 21_000 and p["openrlhf"]["second_run_phases_s"]["op_load_s"] == 0.5
@@ -51,12 +56,14 @@ def test_perf_json_from_bench_runs(tmp_path):
 def test_partial_bench_lists_what_is_missing(tmp_path):
     """A lease that ends mid-bench: the finished stages' figures, nulls and a list for the rest."""
     _bench(tmp_path)
-    for name in ("full-transformers", "eval-transformers-cold", "openrlhf-2", "openrlhf-fast"):
+    gone = ["full-transformers", "eval-transformers-cold", "eval-vllm-seqs2048", "openrlhf-2", "openrlhf-fast"]
+    for name in gone:
         (tmp_path / name / "manifest.json").unlink()
     p = collect(tmp_path)
-    assert p["missing"] == ["full-transformers", "eval-transformers-cold", "openrlhf-2", "openrlhf-fast"]
+    assert p["missing"] == gone and list(p["eval_variants"]) == ["transformers_gsm8k_eager"]
     assert p["openrlhf"]["fast"] is None
-    assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11}  # no ratio without both halves
+    assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
+                                   "transformers_eager": 0.13}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
@@ -71,9 +78,12 @@ def test_no_finished_stage_is_one_error(tmp_path):
     ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
     ("transformers,openrlhf", ["full-vllm-draw", "upft-transformers", "full-transformers", "eval-transformers-cold",
                                "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
+    ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
+                  "eval-vllm-seqs2048"]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw", "upft-vllm-engine",
-            "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold", "prep-sft",
-            "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
+            "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold",
+            "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager", "eval-vllm-seqs2048",
+            "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
 ])
 def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     """bench.sh's STAGES: a lease with little time left runs one group (the OpenRLHF runs first draw

@@ -69,6 +69,11 @@ def test_only_long_gpu_decodes_are_compiled():
     assert full.cache_implementation == "static" and not full.disable_compile
     assert generation_config(512, 0.0, 1.0, 0, [2], 0, "cpu").cache_implementation is None
     assert (full.do_sample, full.temperature, full.top_p, full.top_k) == (True, 0.6, 0.95, None)
+    # --compile-decode on/off overrides the length rule on a GPU, never on a CPU
+    assert generation_config(32, 0.6, 0.95, 0, [2], 0, "cuda", "on").cache_implementation == "static"
+    off = generation_config(512, 0.6, 0.95, 0, [2], 0, "cuda", "off")
+    assert off.cache_implementation is None and off.disable_compile
+    assert generation_config(512, 0.6, 0.95, 0, [2], 0, "cpu", "on").cache_implementation is None
 
 
 def test_killed_run_resumes_without_duplicates_or_losses(tok, backend, tmp_path):

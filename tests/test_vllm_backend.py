@@ -18,7 +18,7 @@ import pytest
 from upft.backends import make_backend
 from upft.generation import GenRequest, TransformersBackend
 from upft.errors import UserError
-from upft.vllm_backend import gpu_groups, prompt_input, sampling_kwargs, to_result
+from upft.vllm_backend import engine_args, gpu_groups, prompt_input, sampling_kwargs, to_result
 
 STOP = [2, 7]
 GREEDY = GenRequest("q1#0", (5, 6, 7, 8), max_new_tokens=64, seed=11)
@@ -76,8 +76,9 @@ def test_too_many_gpus_is_refused_before_loading(monkeypatch, model_path, tok):
 
 def test_make_backend_gives_each_backend_its_own_options(model_path, tok):
     gen = make_backend("transformers", model_path, tok, STOP, device="cpu", batch_size=3,
-                       tensor_parallel_size=2, data_parallel_size=2, gpu_memory_utilization=0.5)
-    assert isinstance(gen, TransformersBackend) and gen.batch_size == 3
+                       tensor_parallel_size=2, data_parallel_size=2, gpu_memory_utilization=0.5,
+                       max_num_seqs=8, compile_decode="off")
+    assert isinstance(gen, TransformersBackend) and (gen.batch_size, gen.compile_decode) == (3, "off")
     with pytest.raises(UserError, match="known: transformers, vllm"):
         make_backend("sglang", model_path, tok, STOP)
 
@@ -93,6 +94,19 @@ def test_vllm_sampling_params_keep_every_field(req):
     assert (p.skip_special_tokens, p.ignore_eos, p.min_tokens, p.detokenize, p.stop) == (False, True, 0, False, [])
     assert (p.repetition_penalty, p.presence_penalty, p.frequency_penalty, p.min_p) == (1.0, 0.0, 0.0, 0.0)
     assert p.sampling_type.name == ("RANDOM_SEED" if sample else "GREEDY")
+
+
+def test_engine_args_are_vllms_own():
+    """What the workers pass to ``vllm.LLM`` goes through vLLM's EngineArgs as named; --max-num-seqs
+    reaches it, and without it vLLM keeps its own default (it picks one per GPU)."""
+    vllm = pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import EngineArgs
+
+    default = EngineArgs(**engine_args("m", "bfloat16", 1, 0.9, None, 0, None))
+    assert default.max_num_seqs == EngineArgs(model="m").max_num_seqs and default.generation_config == "vllm"
+    assert not default.trust_remote_code and default.enable_prefix_caching
+    assert EngineArgs(**engine_args("m", "bfloat16", 1, 0.9, None, 0, 2048)).max_num_seqs == 2048
+    assert vllm.__version__ == "0.24.0"
 
 
 def test_vllm_takes_prompt_ids_as_given():

@@ -37,13 +37,19 @@ class Decoding:
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm only: GPUs per engine"})
     data_parallel_size: int = field(default=1, metadata={"help": "vllm only: engines, each on its own GPUs"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm only"})
+    max_num_seqs: int | None = field(default=None, metadata={
+        "help": "vllm only: most sequences decoded at once (default: vLLM's own, 1024 on an H100)"})
+    compile_decode: str = field(default="auto", metadata={
+        "choices": ("auto", "on", "off"),
+        "help": "transformers on a GPU: a static KV cache and a compiled decoding step (auto: for decodes "
+                "of at least 256 tokens); compiling costs tens of seconds per batch shape"})
 
     def check(self, section: str = "") -> None:
         """Types and ranges; ``section`` ("sample", "eval") prefixes the names in errors."""
         where = f"{section}." if section else ""
         check_types(self, section or "option")
-        for key in ("max_new_tokens", "batch_size", "tensor_parallel_size", "data_parallel_size"):
-            if getattr(self, key) < 1:
+        for key in ("max_new_tokens", "batch_size", "tensor_parallel_size", "data_parallel_size", "max_num_seqs"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise UserError(f"{where}{key} must be at least 1, got {getattr(self, key)}")
         if self.temperature < 0 or not 0 < self.gpu_memory_utilization <= 1:
             raise UserError(f"{where}temperature must be >= 0 and gpu_memory_utilization in (0, 1]")
@@ -64,7 +70,8 @@ def check_decoding(args) -> None:
     from_args(Decoding, args).check()
 
 
-BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization")
+BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
+                   "max_num_seqs", "compile_decode")
 
 
 def backend_options(args) -> dict:

@@ -41,7 +41,7 @@ COMPILE_MIN_STEPS = 256  # decodes at least this long use a static KV cache (com
 
 
 def generation_config(max_new: int, temperature: float, top_p: float, top_k: int, stop_ids: list[int],
-                      pad: int, device_type: str):
+                      pad: int, device_type: str, compile_decode: str = "auto"):
     """The decoding settings of one batch, and nothing else (no model default leaks in).
 
     On a GPU a long decode gets a static KV cache, which transformers compiles the forward for
@@ -49,10 +49,12 @@ def generation_config(max_new: int, temperature: float, top_p: float, top_k: int
     took 90-130 s that way on an H100, vs 175 s for plain batched ``generate`` in a workplace probe.
     A short decode (UPFT's prefixes, L steps) would spend most of its time compiling (prefix
     sampling ran at about 500 tokens/s, no faster than full-length sampling), so below
-    ``COMPILE_MIN_STEPS`` the cache stays dynamic and nothing is compiled."""
+    ``COMPILE_MIN_STEPS`` the cache stays dynamic and nothing is compiled. ``compile_decode`` "on" or
+    "off" overrides that rule on a GPU (a batch too small to repay its compile, say)."""
     from transformers import GenerationConfig
 
-    sample, static = temperature > 0, device_type == "cuda" and max_new >= COMPILE_MIN_STEPS
+    wanted = compile_decode == "on" or (compile_decode == "auto" and max_new >= COMPILE_MIN_STEPS)
+    sample, static = temperature > 0, device_type == "cuda" and wanted
     return GenerationConfig(
         max_new_tokens=max_new, do_sample=sample, num_beams=1,
         temperature=temperature if sample else None, top_p=top_p if sample else None,
@@ -88,13 +90,14 @@ class TransformersBackend:
     """
 
     def __init__(self, model_path: str, tokenizer, stop_ids: list[int], device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 32):
+                 dtype: str = "auto", batch_size: int = 32, compile_decode: str = "auto"):
         from upft.models import load_model
 
         self.model = load_model(model_path, device, dtype).eval()
         self.tokenizer = tokenizer
         self.stop_ids = sorted(set(stop_ids))
         self.batch_size = batch_size
+        self.compile_decode = compile_decode
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[list[GenResult]]:
         groups: dict[tuple, list[GenRequest]] = {}
@@ -119,7 +122,7 @@ class TransformersBackend:
         import torch
 
         config = generation_config(max_new, temperature, top_p, top_k, self.stop_ids, self.tokenizer.pad_token_id,
-                                   self.model.device.type)
+                                   self.model.device.type, self.compile_decode)
         if temperature > 0:
             torch.manual_seed(request_seed(*(r.seed for r in batch)))
         return [GenResult(r.key, tokens, self.tokenizer.decode(tokens, skip_special_tokens=False),

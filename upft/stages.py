@@ -113,7 +113,8 @@ def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "
                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                      seed=seed, style=style)
     write_manifest(outdir, "sample", settings, n_records=len(records), wall_s=prior_s + time.time() - t0,
-                   backend_start_s=start_s, sampling_tokens=sum(r["n_tokens"] for r in records))
+                   backend_start_s=start_s, sampling_tokens=sum(r["n_tokens"] for r in records),
+                   backend_options=backend_options)  # how it ran (batch size, compile...), not what it drew
     return outdir
 
 
@@ -240,5 +241,5 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
         judge_tok = load_tokenizer(judge_path)
         grader = Judge(judge, judge_tok, _backend(backend, judge_path, judge_tok, **backend_options))
     summary = evaluate(label or model, benchmarks, tok, gen, out, settings, data_dir, grader)
-    write_manifest(outdir, "eval", fp, backend_start_s=start_s)
+    write_manifest(outdir, "eval", fp, backend_start_s=start_s, backend_options=backend_options)
     return summary

@@ -9,10 +9,13 @@
 # manifests and summaries. OpenRLHF without flash-attn needs tests/gpu/stubs on PYTHONPATH (added
 # below for those runs only). STAGES picks groups for a lease with little GPU time left (default:
 # all): vllm, transformers, openrlhf (which first draws the full vLLM samples its training set is
-# built from, unless they are there).
+# built from, unless they are there), variants (settings that may be faster, each next to its
+# default: --compile-decode off on transformers, --max-num-seqs 2048 on vLLM). Groups can run at
+# once on different GPUs (CUDA_VISIBLE_DEVICES=i STAGES=... each); the variants keep their own vLLM
+# compile cache.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-: "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf}"
+: "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf variants}"
 want() { [[ " ${STAGES//,/ } " == *" $1 "* ]]; }  # space- or comma-separated
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
@@ -39,6 +42,16 @@ if want transformers; then
   python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode full --out "$RUNS/full-transformers"
   TORCHINDUCTOR_CACHE_DIR="$RUNS/inductor-cold" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" \
     --batch-size 2048 --out "$RUNS/eval-transformers-cold"
+fi
+if want variants; then
+  python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
+    --compile-decode off --out "$RUNS/upft-transformers-eager"
+  python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode full --compile-decode off \
+    --out "$RUNS/full-transformers-eager"
+  python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --batch-size 2048 --compile-decode off \
+    --out "$RUNS/eval-transformers-eager"
+  VLLM_CACHE_ROOT="$RUNS/vllm-cache-variants" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
+    --max-num-seqs 2048 --out "$RUNS/eval-vllm-seqs2048"
 fi
 if want openrlhf; then
   python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"

@@ -4,6 +4,8 @@
 
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
+``transformers_eager`` (sampling) and ``eval_variants`` are the same stages with a setting that may
+be faster (``--compile-decode off``, ``--max-num-seqs 2048``): a default changes only after they win.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ def collect(runs: Path) -> dict:
     """perf.json from the stages bench.sh finished. A lease can end mid-bench (bench.sh resumes in
     the next one), so a stage not finished is listed under ``missing`` and its figures are null,
     never guessed; a folder holding no finished stage at all is an error."""
-    backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers"}
+    backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers",
+                "transformers_eager": "transformers-eager"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
+    variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
+                "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048"}
     trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast")
-    stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *trains]
+    stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
     done = {name for name in stages if (runs / name / "manifest.json").is_file()}
     if not done:
         raise UserError(f"{runs} holds no finished stage of scripts/gpu/bench.sh")
@@ -60,6 +65,7 @@ def collect(runs: Path) -> dict:
         "transformers_gsm8k_cold_s": round(tf["s"] + (tf["start_s"] or 0), 1) if tf else None,
         "gsm8k_accuracy": {"vllm_cold": cold.get("accuracy"), "vllm_warm": warm.get("accuracy"),
                            "transformers": tf.get("accuracy")},
+        "eval_variants": {k: _eval(runs, v) for k, v in variants.items() if v in done},
         "openrlhf": {"tokens_per_s_per_gpu": tr[0]["timing"]["tokens_per_s_per_gpu"] if tr else None,
                      "phases_s": tr[0]["timing"] if tr else None,
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
