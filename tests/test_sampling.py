@@ -69,11 +69,11 @@ def test_only_long_gpu_decodes_are_compiled():
     assert full.cache_implementation == "static" and not full.disable_compile
     assert generation_config(512, 0.0, 1.0, 0, [2], 0, "cpu").cache_implementation is None
     assert (full.do_sample, full.temperature, full.top_p, full.top_k) == (True, 0.6, 0.95, None)
-    # --compile-decode on/off overrides the length rule on a GPU, never on a CPU
-    assert generation_config(32, 0.6, 0.95, 0, [2], 0, "cuda", "on").cache_implementation == "static"
-    off = generation_config(512, 0.6, 0.95, 0, [2], 0, "cuda", "off")
+    # --compile-decode always/never overrides the length rule on a GPU, never on a CPU
+    assert generation_config(32, 0.6, 0.95, 0, [2], 0, "cuda", "always").cache_implementation == "static"
+    off = generation_config(512, 0.6, 0.95, 0, [2], 0, "cuda", "never")
     assert off.cache_implementation is None and off.disable_compile
-    assert generation_config(512, 0.6, 0.95, 0, [2], 0, "cpu", "on").cache_implementation is None
+    assert generation_config(512, 0.6, 0.95, 0, [2], 0, "cpu", "always").cache_implementation is None
 
 
 def test_killed_run_resumes_without_duplicates_or_losses(tok, backend, tmp_path):
@@ -113,3 +113,17 @@ def test_a_resumed_stage_reports_the_time_of_every_run(tmp_path):
     assert 1000.0 < man["wall_s"] < 1100.0
     assert 0 < man["backend_start_s"] < 1000.0  # the model load, reported apart from decoding
     assert not (out / "samples.jsonl.partial.wall_s").exists()
+
+
+def test_compile_decode_from_a_config_is_a_word_yaml_keeps():
+    """``compile_decode: never`` in a config section stays a string; YAML's on/off would arrive as
+    booleans, which is why the choices are auto/always/never, and such a value is one clear error."""
+    import yaml
+
+    from upft.backends import Decoding
+    from upft.errors import UserError
+
+    section = yaml.safe_load("compile_decode: never\nmax_num_seqs: 2048")
+    Decoding(**section).check("eval")
+    with pytest.raises(UserError, match="eval.compile_decode must be str, got False"):
+        Decoding(**yaml.safe_load("compile_decode: off")).check("eval")

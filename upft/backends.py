@@ -40,7 +40,7 @@ class Decoding:
     max_num_seqs: int | None = field(default=None, metadata={
         "help": "vllm only: most sequences decoded at once (default: vLLM's own, 1024 on an H100)"})
     compile_decode: str = field(default="auto", metadata={
-        "choices": ("auto", "on", "off"),
+        "choices": ("auto", "always", "never"),
         "help": "transformers on a GPU: a static KV cache and a compiled decoding step (auto: for decodes "
                 "of at least 256 tokens); compiling costs tens of seconds per batch shape"})
 

@@ -49,11 +49,12 @@ def generation_config(max_new: int, temperature: float, top_p: float, top_k: int
     took 90-130 s that way on an H100, vs 175 s for plain batched ``generate`` in a workplace probe.
     A short decode (UPFT's prefixes, L steps) would spend most of its time compiling (prefix
     sampling ran at about 500 tokens/s, no faster than full-length sampling), so below
-    ``COMPILE_MIN_STEPS`` the cache stays dynamic and nothing is compiled. ``compile_decode`` "on" or
-    "off" overrides that rule on a GPU (a batch too small to repay its compile, say)."""
+    ``COMPILE_MIN_STEPS`` the cache stays dynamic and nothing is compiled. ``compile_decode`` "always" or
+    "never" overrides that rule on a GPU (a batch too small to repay its compile, say; not "on"/"off",
+    which YAML reads as booleans)."""
     from transformers import GenerationConfig
 
-    wanted = compile_decode == "on" or (compile_decode == "auto" and max_new >= COMPILE_MIN_STEPS)
+    wanted = compile_decode == "always" or (compile_decode == "auto" and max_new >= COMPILE_MIN_STEPS)
     sample, static = temperature > 0, device_type == "cuda" and wanted
     return GenerationConfig(
         max_new_tokens=max_new, do_sample=sample, num_beams=1,

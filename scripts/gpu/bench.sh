@@ -10,7 +10,7 @@
 # below for those runs only). STAGES picks groups for a lease with little GPU time left (default:
 # all): vllm, transformers, openrlhf (which first draws the full vLLM samples its training set is
 # built from, unless they are there), variants (settings that may be faster, each next to its
-# default: --compile-decode off on transformers, --max-num-seqs 2048 on vLLM). Groups can run at
+# default: --compile-decode never on transformers, --max-num-seqs 2048 on vLLM). Groups can run at
 # once on different GPUs (CUDA_VISIBLE_DEVICES=i STAGES=... each); the variants keep their own vLLM
 # compile cache.
 set -euo pipefail
@@ -45,10 +45,10 @@ if want transformers; then
 fi
 if want variants; then
   python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
-    --compile-decode off --out "$RUNS/upft-transformers-eager"
-  python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode full --compile-decode off \
+    --compile-decode never --out "$RUNS/upft-transformers-eager"
+  python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode full --compile-decode never \
     --out "$RUNS/full-transformers-eager"
-  python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --batch-size 2048 --compile-decode off \
+  python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --batch-size 2048 --compile-decode never \
     --out "$RUNS/eval-transformers-eager"
   VLLM_CACHE_ROOT="$RUNS/vllm-cache-variants" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
     --max-num-seqs 2048 --out "$RUNS/eval-vllm-seqs2048"

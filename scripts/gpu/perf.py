@@ -5,7 +5,7 @@
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
 ``transformers_eager`` (sampling) and ``eval_variants`` are the same stages with a setting that may
-be faster (``--compile-decode off``, ``--max-num-seqs 2048``): a default changes only after they win.
+be faster (``--compile-decode never``, ``--max-num-seqs 2048``): a default changes only after they win.
 """
 
 from __future__ import annotations
