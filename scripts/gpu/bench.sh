@@ -55,15 +55,14 @@ if want variants; then
 fi
 if want openrlhf; then
   python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"
-  for seed in 1 2; do
+  sft() {  # one OpenRLHF run on the SFT set, on one GPU
     PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
-      --data "$RUNS/prep-sft" --model "$MODEL" --out "$RUNS/openrlhf-$seed" --gpus 1 --micro-batch 8 \
-      --zero-stage 2 --no-adam-offload --attn sdpa --max-len 1024 --lr 1e-6 --seed "$seed"
-  done
+      --data "$RUNS/prep-sft" --model "$MODEL" --gpus 1 --micro-batch 8 --zero-stage 2 --no-adam-offload \
+      --attn sdpa --max-len 1024 --lr 1e-6 "$@"
+  }
+  sft --seed 1 --out "$RUNS/openrlhf-1"
+  sft --seed 2 --out "$RUNS/openrlhf-2"
   # the first run again, with less padding and no recomputation: the same steps, faster?
-  PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
-    --data "$RUNS/prep-sft" --model "$MODEL" --out "$RUNS/openrlhf-fast" --gpus 1 --micro-batch 8 \
-    --zero-stage 2 --no-adam-offload --attn sdpa --max-len 1024 --lr 1e-6 --seed 1 \
-    --group-by-length --no-gradient-checkpointing
+  sft --seed 1 --group-by-length --no-gradient-checkpointing --out "$RUNS/openrlhf-fast"
 fi
 python scripts/gpu/perf.py "$RUNS" results/gpu/perf.json
