@@ -27,7 +27,7 @@ def _bench(root: Path) -> None:
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
                         ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0)):
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
-        _w(root / name / "manifest.json", {"backend_start_s": start})
+        _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
     for i in (1, 2, "fast"):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
@@ -44,7 +44,7 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,
                                    "transformers_eager": 0.13}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
-                                                              "accuracy": 62.0}
+                                                              "accuracy": 62.0, "finished": "2026-11-28T04:25:00"}
     assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
@@ -79,11 +79,11 @@ def test_no_finished_stage_is_one_error(tmp_path):
     ("transformers,openrlhf", ["full-vllm-draw", "upft-transformers", "full-transformers", "eval-transformers-cold",
                                "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
     ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
-                  "eval-vllm-seqs2048"]),
+                  "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048"]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw", "upft-vllm-engine",
             "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold",
-            "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager", "eval-vllm-seqs2048",
-            "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
+            "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
+            "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
 ])
 def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     """bench.sh's STAGES: a lease with little time left runs one group (the OpenRLHF runs first draw

@@ -10,9 +10,9 @@
 # below for those runs only). STAGES picks groups for a lease with little GPU time left (default:
 # all): vllm, transformers, openrlhf (which first draws the full vLLM samples its training set is
 # built from, unless they are there), variants (settings that may be faster, each next to its
-# default: --compile-decode never on transformers, --max-num-seqs 2048 on vLLM). Groups can run at
-# once on different GPUs (CUDA_VISIBLE_DEVICES=i STAGES=... each); the variants keep their own vLLM
-# compile cache.
+# default: --compile-decode never on transformers, --max-num-seqs 2048 on vLLM, twice: its warm run
+# is compared with eval-vllm-warm). Groups can run at once on different GPUs (CUDA_VISIBLE_DEVICES=i
+# STAGES=... each); the variants keep their own vLLM compile cache.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf variants}"
@@ -50,8 +50,10 @@ if want variants; then
     --out "$RUNS/full-transformers-eager"
   python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --batch-size 2048 --compile-decode never \
     --out "$RUNS/eval-transformers-eager"
-  VLLM_CACHE_ROOT="$RUNS/vllm-cache-variants" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
-    --max-num-seqs 2048 --out "$RUNS/eval-vllm-seqs2048"
+  for run in seqs2048-cold seqs2048; do  # the first fills this setting's compile cache; the second is compared
+    VLLM_CACHE_ROOT="$RUNS/vllm-cache-variants" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
+      --max-num-seqs 2048 --out "$RUNS/eval-vllm-$run"
+  done
 fi
 if want openrlhf; then
   python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"

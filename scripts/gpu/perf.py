@@ -6,6 +6,7 @@ Sampling and evaluation times are the stages' own (decoding and grading), with t
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
 ``transformers_eager`` (sampling) and ``eval_variants`` are the same stages with a setting that may
 be faster (``--compile-decode never``, ``--max-num-seqs 2048``): a default changes only after they win.
+Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from upft.runio import read_json, write_json
 def _sample(runs: Path, name: str) -> dict:
     m = read_json(runs / name / "manifest.json")
     return {"s": round(m["wall_s"], 1), "start_s": round(m.get("backend_start_s", 0.0), 1),
-            "tokens": m["sampling_tokens"], "tokens_per_s": round(m["sampling_tokens"] / m["wall_s"])}
+            "tokens": m["sampling_tokens"], "tokens_per_s": round(m["sampling_tokens"] / m["wall_s"]),
+            "finished": m.get("finished")}
 
 
 def _eval(runs: Path, name: str) -> dict:
     s = read_json(runs / name / "gsm8k.summary.json")
-    start = read_json(runs / name / "manifest.json").get("backend_start_s")
+    m = read_json(runs / name / "manifest.json")
+    start = m.get("backend_start_s")
     return {"s": round(s["wall_s"], 1), "start_s": round(start, 1) if start is not None else None,
-            "tokens_per_s": round(s["tokens_per_s"]), "accuracy": round(s["accuracy"], 2)}
+            "tokens_per_s": round(s["tokens_per_s"]), "accuracy": round(s["accuracy"], 2),
+            "finished": m.get("finished")}
 
 
 def collect(runs: Path) -> dict:
