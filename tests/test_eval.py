@@ -129,7 +129,8 @@ def test_cli_all_benchmarks_with_a_real_judge_and_table(tmp_path, model_path):
     assert summary["environment"]["packages"]["math-verify"] and summary["settings"]["style"] == "boxed"
     man = json.loads((tmp_path / "eval" / "manifest.json").read_text())
     assert man["backend_start_s"] > 0  # how it ran travels with the results, apart from what it measured:
-    assert (man["backend_options"]["compile_decode"], man["backend_options"]["max_num_seqs"]) == ("auto", None)
+    opts = man["backend_options"]
+    assert (opts["compile_decode"], opts["max_num_seqs"], opts["continuous_batching"]) == ("auto", None, False)
 
     r = run_cli("eval/make_table.py", out, "--benchmarks", "gsm8k,aime24")
     assert r.returncode == 0, r.stderr

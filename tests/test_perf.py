@@ -21,11 +21,12 @@ def _w(path: Path, obj: dict) -> None:
 
 
 def _bench(root: Path) -> None:
-    for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager")):
+    for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager", "transformers-cb")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
-                        ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0)):
+                        ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
+                        ("eval-transformers-cb", 5.0)):
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
@@ -42,10 +43,11 @@ def test_perf_json_from_bench_runs(tmp_path):
     p = collect(tmp_path)
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["missing"] == []
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,
-                                   "transformers_eager": 0.13}
+                                   "transformers_eager": 0.13, "transformers_continuous": 0.14}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "finished": "2026-11-28T04:25:00"}
-    assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048"}
+    assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
+                                       "transformers_gsm8k_continuous"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 21_000 and p["openrlhf"]["second_run_phases_s"]["op_load_s"] == 0.5
@@ -60,10 +62,11 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
     for name in gone:
         (tmp_path / name / "manifest.json").unlink()
     p = collect(tmp_path)
-    assert p["missing"] == gone and list(p["eval_variants"]) == ["transformers_gsm8k_eager"]
+    assert p["missing"] == gone and list(p["eval_variants"]) == ["transformers_gsm8k_eager",
+                                                                  "transformers_gsm8k_continuous"]
     assert p["openrlhf"]["fast"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
-                                   "transformers_eager": 0.13}
+                                   "transformers_eager": 0.13, "transformers_continuous": 0.14}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
@@ -78,12 +81,14 @@ def test_no_finished_stage_is_one_error(tmp_path):
     ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
     ("transformers,openrlhf", ["full-vllm-draw", "upft-transformers", "full-transformers", "eval-transformers-cold",
                                "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
+    ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
     ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
                   "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048"]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw", "upft-vllm-engine",
             "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold",
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
-            "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
+            "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "upft-transformers-cb", "full-transformers-cb",
+            "eval-transformers-cb", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
 ])
 def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     """bench.sh's STAGES: a lease with little time left runs one group (the OpenRLHF runs first draw

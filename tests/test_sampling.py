@@ -7,7 +7,7 @@ import json
 import pytest
 
 from upft.data import Question
-from upft.generation import TransformersBackend
+from upft.generation import GenRequest, TransformersBackend
 from upft.models import end_of_turn_id
 from upft.errors import UserError
 from upft.runio import read_jsonl
@@ -74,6 +74,22 @@ def test_only_long_gpu_decodes_are_compiled():
     off = generation_config(512, 0.6, 0.95, 0, [2], 0, "cuda", "never")
     assert off.cache_implementation is None and off.disable_compile
     assert generation_config(512, 0.6, 0.95, 0, [2], 0, "cpu", "always").cache_implementation is None
+
+
+def test_continuous_batching_decodes_what_batches_do(model_path, tok, backend):
+    """--continuous-batching hands the rows to transformers' manager (a row leaves when it ends, each
+    with its own max_new_tokens, so UPFT's prefixes and full draws share one pass): greedy, it must give
+    the ids batched generate gives, cut at each row's own limit, in chunks of batch_size."""
+    cb = TransformersBackend(model_path, tok, [end_of_turn_id(tok)], device="cpu", batch_size=2,
+                             continuous_batching=True)
+    reqs = [GenRequest(q.id, tuple(tok(f"Q: {q.text}\nA:").input_ids), 6 if i % 2 else 2)
+            for i, q in enumerate(QUESTIONS[:3])]
+    chunks = list(cb.generate(reqs))
+    assert [len(c) for c in chunks] == [2, 1]
+    got = {r.key: r for c in chunks for r in c}
+    assert got == {r.key: r for c in backend.generate(reqs) for r in c}
+    assert [len(got[r.key].token_ids) for r in reqs] == [2, 6, 2]  # no stop that early: each ran to its limit
+    assert {r.finish_reason for r in got.values()} == {"length"}
 
 
 def test_killed_run_resumes_without_duplicates_or_losses(tok, backend, tmp_path):

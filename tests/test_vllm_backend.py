@@ -77,8 +77,9 @@ def test_too_many_gpus_is_refused_before_loading(monkeypatch, model_path, tok):
 def test_make_backend_gives_each_backend_its_own_options(model_path, tok):
     gen = make_backend("transformers", model_path, tok, STOP, device="cpu", batch_size=3,
                        tensor_parallel_size=2, data_parallel_size=2, gpu_memory_utilization=0.5,
-                       max_num_seqs=8, compile_decode="never")
-    assert isinstance(gen, TransformersBackend) and (gen.batch_size, gen.compile_decode) == (3, "never")
+                       max_num_seqs=8, compile_decode="never", continuous_batching=True)
+    assert isinstance(gen, TransformersBackend)
+    assert (gen.batch_size, gen.compile_decode, gen.continuous_batching) == (3, "never", True)
     with pytest.raises(UserError, match="known: transformers, vllm"):
         make_backend("sglang", model_path, tok, STOP)
 

@@ -43,6 +43,10 @@ class Decoding:
         "choices": ("auto", "always", "never"),
         "help": "transformers on a GPU: a static KV cache and a compiled decoding step (auto: for decodes "
                 "of at least 256 tokens); compiling costs tens of seconds per batch shape"})
+    continuous_batching: bool = field(default=False, metadata={
+        "help": "transformers only: one continuous batch (transformers' paged-attention manager) that drops "
+                "finished rows and lets waiting ones in, each with its own max_new_tokens; a sampled draw then "
+                "depends on its batch, like --engine-seed"})
 
     def check(self, section: str = "") -> None:
         """Types and ranges; ``section`` ("sample", "eval") prefixes the names in errors."""
@@ -71,7 +75,7 @@ def check_decoding(args) -> None:
 
 
 BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
-                   "max_num_seqs", "compile_decode")
+                   "max_num_seqs", "compile_decode", "continuous_batching")
 
 
 def backend_options(args) -> dict:

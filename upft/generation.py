@@ -63,6 +63,12 @@ def generation_config(max_new: int, temperature: float, top_p: float, top_k: int
         cache_implementation="static" if static else None, disable_compile=not static)
 
 
+def split_at_stop(tokens: list[int], stop: set[int]) -> tuple[list[int], bool]:
+    """New ids up to the first stop id, and whether one came (else the decode ran out of tokens)."""
+    cut = next((i for i, t in enumerate(tokens) if t in stop), None)
+    return (tokens, False) if cut is None else (tokens[:cut], True)
+
+
 def decode(model, prompts: list[list[int]], config) -> list[tuple[list[int], bool]]:
     """One left-padded batch through ``generate`` (all prompts end at the same column): each
     answer's new ids up to its first stop id (``config.eos_token_id``), and whether it stopped."""
@@ -75,23 +81,25 @@ def decode(model, prompts: list[list[int]], config) -> list[tuple[list[int], boo
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     with torch.inference_mode(), plain_generation_config(model):  # nothing unset comes from the model's config
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    answers = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop), None)
-        answers.append((row, False) if cut is None else (row[:cut], True))
-    return answers
+    return [split_at_stop(row, stop) for row in out[:, width:].tolist()]
 
 
 class TransformersBackend:
-    """Batched ``generate`` on CPU or one GPU.
+    """Batched ``generate`` on CPU or one GPU, or one continuous batch.
 
     Requests are grouped by decoding settings and sorted by prompt length (least padding).
     Sampled batches are seeded from their requests' seeds, so a rerun over the same requests
     reproduces them; per-request seeds are exact only on the vLLM backend.
+
+    ``continuous_batching`` hands each group (same sampling settings, any ``max_new_tokens``) to
+    transformers' continuous-batching manager instead: a row leaves as soon as it ends and a waiting
+    one takes its place, so UPFT's prefixes (L tokens) and its full draws share one pass and no batch
+    waits for its longest row. Results come in the order rows finish, which then decides the draws.
     """
 
     def __init__(self, model_path: str, tokenizer, stop_ids: list[int], device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 32, compile_decode: str = "auto"):
+                 dtype: str = "auto", batch_size: int = 32, compile_decode: str = "auto",
+                 continuous_batching: bool = False):
         from upft.models import load_model
 
         self.model = load_model(model_path, device, dtype).eval()
@@ -99,24 +107,72 @@ class TransformersBackend:
         self.stop_ids = sorted(set(stop_ids))
         self.batch_size = batch_size
         self.compile_decode = compile_decode
+        self.continuous_batching = continuous_batching
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[list[GenResult]]:
         groups: dict[tuple, list[GenRequest]] = {}
         for r in requests:
-            groups.setdefault(r.params(), []).append(r)
+            key = r.params()[1:] if self.continuous_batching else r.params()
+            groups.setdefault(key, []).append(r)
         total = sum(len(g) for g in groups.values())
         done, new_tokens, t0 = 0, 0, time.time()
         for params, reqs in groups.items():
             reqs.sort(key=lambda r: -len(r.prompt_ids))
-            for i in range(0, len(reqs), self.batch_size):
-                batch = reqs[i:i + self.batch_size]
-                results = self._run(batch, *params)  # decode() runs under inference_mode
-                done += len(batch)
+            if self.continuous_batching:
+                chunks = self._run_continuous(reqs, *params)
+            else:  # decode() runs under inference_mode
+                chunks = (self._run(reqs[i:i + self.batch_size], *params) for i in range(0, len(reqs), self.batch_size))
+            for results in chunks:
+                done += len(results)
                 new_tokens += sum(len(r.token_ids) for r in results)
                 rate = new_tokens / max(time.time() - t0, 1e-9)
                 print(f"[generate] {done}/{total} sequences, {new_tokens} new tokens, {rate:.0f} tok/s",
                       file=sys.stderr, flush=True)
                 yield results
+
+    def _result(self, r: GenRequest, tokens: list[int], ended: bool) -> GenResult:
+        return GenResult(r.key, tokens, self.tokenizer.decode(tokens, skip_special_tokens=False),
+                         "stop" if ended else "length")
+
+    def _run_continuous(self, reqs: list[GenRequest], temperature: float, top_p: float,
+                        top_k: int) -> Iterator[list[GenResult]]:
+        """One continuous batch over ``reqs``, yielded in chunks of ``batch_size`` finished rows
+        (so callers write and can resume as they go)."""
+        from transformers import ContinuousBatchingConfig
+        from transformers.generation.continuous_batching.utils import WorkloadHints
+
+        from upft.models import plain_generation_config
+
+        longest = max(r.max_new_tokens for r in reqs)
+        config = generation_config(longest, temperature, top_p, top_k, self.stop_ids, self.tokenizer.pad_token_id,
+                                   "cpu", "never")  # the manager brings its own cache and CUDA graphs
+        hints = WorkloadHints(max_prompt_length=max(len(r.prompt_ids) for r in reqs), max_generated_length=longest,
+                              num_requests=len(reqs))
+        cb = ContinuousBatchingConfig(seed=request_seed(*(r.seed for r in reqs)))  # else it draws its own
+        if self.model.device.type == "cpu":  # else its cache and buffers take 90% of free RAM, as of a GPU's memory
+            cb.num_blocks = sum(-(-(len(r.prompt_ids) + r.max_new_tokens) // cb.block_size) for r in reqs)
+            cb.max_batch_tokens = min(2048, sum(len(r.prompt_ids) + 1 for r in reqs))
+        waiting, stop, chunk = {r.key: r for r in reqs}, set(self.stop_ids), []
+        with plain_generation_config(self.model), self.model.continuous_batching_context_manager(
+                generation_config=config, continuous_batching_config=cb, block=True, workload_hints=hints,
+                warmup=self.model.device.type == "cuda") as manager:  # warm-up captures CUDA graphs
+            for r in reqs:
+                manager.add_request(list(r.prompt_ids), request_id=r.key, max_new_tokens=r.max_new_tokens,
+                                    eos_token_id=self.stop_ids)
+            while waiting:
+                out = manager.get_result(timeout=1)
+                if out is None:
+                    if not manager.is_running():
+                        raise RuntimeError(f"continuous batching stopped with {len(waiting)} rows unfinished")
+                    continue
+                if out.error:
+                    raise RuntimeError(f"continuous batching failed on {out.request_id}: {out.error}")
+                if out.is_finished() and out.request_id in waiting:
+                    r = waiting.pop(out.request_id)
+                    chunk.append(self._result(r, *split_at_stop(list(out.generated_tokens)[:r.max_new_tokens], stop)))
+                    if len(chunk) >= self.batch_size or not waiting:
+                        yield chunk
+                        chunk = []
 
     def _run(self, batch: list[GenRequest], max_new: int, temperature: float, top_p: float,
              top_k: int) -> list[GenResult]:
@@ -126,6 +182,5 @@ class TransformersBackend:
                                    self.model.device.type, self.compile_decode)
         if temperature > 0:
             torch.manual_seed(request_seed(*(r.seed for r in batch)))
-        return [GenResult(r.key, tokens, self.tokenizer.decode(tokens, skip_special_tokens=False),
-                          "stop" if ended else "length")
+        return [self._result(r, tokens, ended)
                 for r, (tokens, ended) in zip(batch, decode(self.model, [r.prompt_ids for r in batch], config))]

@@ -11,11 +11,12 @@
 # all): vllm, transformers, openrlhf (which first draws the full vLLM samples its training set is
 # built from, unless they are there), variants (settings that may be faster, each next to its
 # default: --compile-decode never on transformers, --max-num-seqs 2048 on vLLM, twice: its warm run
-# is compared with eval-vllm-warm). Groups can run at once on different GPUs (CUDA_VISIBLE_DEVICES=i
+# is compared with eval-vllm-warm), continuous (transformers' UPFT and full sampling and evaluation
+# with --continuous-batching). Groups can run at once on different GPUs (CUDA_VISIBLE_DEVICES=i
 # STAGES=... each); the variants keep their own vLLM compile cache.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-: "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf variants}"
+: "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf variants continuous}"
 want() { [[ " ${STAGES//,/ } " == *" $1 "* ]]; }  # space- or comma-separated
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
@@ -54,6 +55,14 @@ if want variants; then
     VLLM_CACHE_ROOT="$RUNS/vllm-cache-variants" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
       --max-num-seqs 2048 --out "$RUNS/eval-vllm-$run"
   done
+fi
+if want continuous; then  # transformers' continuous batching: rows leave when done, each with its own length
+  python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
+    --continuous-batching --out "$RUNS/upft-transformers-cb"
+  python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode full --continuous-batching \
+    --out "$RUNS/full-transformers-cb"
+  python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --batch-size 2048 --continuous-batching \
+    --out "$RUNS/eval-transformers-cb"
 fi
 if want openrlhf; then
   python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"

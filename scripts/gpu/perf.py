@@ -4,8 +4,9 @@
 
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
-``transformers_eager`` (sampling) and ``eval_variants`` are the same stages with a setting that may
-be faster (``--compile-decode never``, ``--max-num-seqs 2048``): a default changes only after they win.
+``transformers_eager``, ``transformers_continuous`` (sampling) and ``eval_variants`` are the same
+stages with a setting that may be faster (``--compile-decode never``, ``--continuous-batching``,
+``--max-num-seqs 2048``): a default changes only after they win.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
 """
 
@@ -40,10 +41,11 @@ def collect(runs: Path) -> dict:
     the next one), so a stage not finished is listed under ``missing`` and its figures are null,
     never guessed; a folder holding no finished stage at all is an error."""
     backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers",
-                "transformers_eager": "transformers-eager"}
+                "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
-                "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048"}
+                "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
+                "transformers_gsm8k_continuous": "eval-transformers-cb"}
     trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast")
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
     done = {name for name in stages if (runs / name / "manifest.json").is_file()}
