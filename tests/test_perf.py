@@ -26,7 +26,7 @@ def _bench(root: Path) -> None:
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
                         ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
-                        ("eval-transformers-cb", 5.0)):
+                        ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0)):
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
@@ -47,6 +47,7 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "finished": "2026-11-28T04:25:00"}
     assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
+                                       "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
                                        "transformers_gsm8k_continuous"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
@@ -62,8 +63,9 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
     for name in gone:
         (tmp_path / name / "manifest.json").unlink()
     p = collect(tmp_path)
-    assert p["missing"] == gone and list(p["eval_variants"]) == ["transformers_gsm8k_eager",
-                                                                  "transformers_gsm8k_continuous"]
+    assert p["missing"] == gone and list(p["eval_variants"]) == [
+        "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
+        "transformers_gsm8k_continuous"]
     assert p["openrlhf"]["fast"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14}
@@ -82,12 +84,14 @@ def test_no_finished_stage_is_one_error(tmp_path):
     ("transformers,openrlhf", ["full-vllm-draw", "upft-transformers", "full-transformers", "eval-transformers-cold",
                                "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
     ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
-    ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
-                  "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048"]),
+    ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
+    ("vllm-variants", ["eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "eval-vllm-seqs512-cold", "eval-vllm-seqs512",
+                       "eval-vllm-graphs1024-cold", "eval-vllm-graphs1024"]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw", "upft-vllm-engine",
             "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold",
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
-            "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "upft-transformers-cb", "full-transformers-cb",
+            "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "eval-vllm-seqs512-cold", "eval-vllm-seqs512",
+            "eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "upft-transformers-cb", "full-transformers-cb",
             "eval-transformers-cb", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
 ])
 def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):

@@ -99,7 +99,7 @@ def test_vllm_sampling_params_keep_every_field(req):
 
 def test_engine_args_are_vllms_own():
     """What the workers pass to ``vllm.LLM`` goes through vLLM's EngineArgs as named; --max-num-seqs
-    reaches it, and without it vLLM keeps its own default (it picks one per GPU)."""
+    and --max-cudagraph-size reach it, and without them vLLM keeps its own defaults."""
     vllm = pytest.importorskip("vllm")
     from vllm.engine.arg_utils import EngineArgs
 
@@ -107,6 +107,9 @@ def test_engine_args_are_vllms_own():
     assert default.max_num_seqs == EngineArgs(model="m").max_num_seqs and default.generation_config == "vllm"
     assert not default.trust_remote_code and default.enable_prefix_caching
     assert EngineArgs(**engine_args("m", "bfloat16", 1, 0.9, None, 0, 2048)).max_num_seqs == 2048
+    assert default.compilation_config.max_cudagraph_capture_size is None  # vLLM picks its own
+    graphs = EngineArgs(**engine_args("m", "bfloat16", 1, 0.9, None, 0, None, 1024))
+    assert graphs.compilation_config.max_cudagraph_capture_size == 1024
     assert vllm.__version__ == "0.24.0"
 
 

@@ -39,6 +39,9 @@ class Decoding:
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm only"})
     max_num_seqs: int | None = field(default=None, metadata={
         "help": "vllm only: most sequences decoded at once (default: vLLM's own, 1024 on an H100)"})
+    max_cudagraph_size: int | None = field(default=None, metadata={
+        "help": "vllm only: CUDA graphs are captured for decoding steps of up to this many sequences "
+                "(default: vLLM's own, 512; a larger step runs without one)"})
     compile_decode: str = field(default="auto", metadata={
         "choices": ("auto", "always", "never"),
         "help": "transformers on a GPU: a static KV cache and a compiled decoding step (auto: for decodes "
@@ -52,7 +55,8 @@ class Decoding:
         """Types and ranges; ``section`` ("sample", "eval") prefixes the names in errors."""
         where = f"{section}." if section else ""
         check_types(self, section or "option")
-        for key in ("max_new_tokens", "batch_size", "tensor_parallel_size", "data_parallel_size", "max_num_seqs"):
+        for key in ("max_new_tokens", "batch_size", "tensor_parallel_size", "data_parallel_size", "max_num_seqs",
+                    "max_cudagraph_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise UserError(f"{where}{key} must be at least 1, got {getattr(self, key)}")
         if self.temperature < 0 or not 0 < self.gpu_memory_utilization <= 1:
@@ -75,7 +79,7 @@ def check_decoding(args) -> None:
 
 
 BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
-                   "max_num_seqs", "compile_decode", "continuous_batching")
+                   "max_num_seqs", "max_cudagraph_size", "compile_decode", "continuous_batching")
 
 
 def backend_options(args) -> dict:

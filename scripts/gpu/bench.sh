@@ -9,14 +9,16 @@
 # manifests and summaries. OpenRLHF without flash-attn needs tests/gpu/stubs on PYTHONPATH (added
 # below for those runs only). STAGES picks groups for a lease with little GPU time left (default:
 # all): vllm, transformers, openrlhf (which first draws the full vLLM samples its training set is
-# built from, unless they are there), variants (settings that may be faster, each next to its
-# default: --compile-decode never on transformers, --max-num-seqs 2048 on vLLM, twice: its warm run
-# is compared with eval-vllm-warm), continuous (transformers' UPFT and full sampling and evaluation
-# with --continuous-batching). Groups can run at once on different GPUs (CUDA_VISIBLE_DEVICES=i
-# STAGES=... each); the variants keep their own vLLM compile cache.
+# built from, unless they are there), and settings that may be faster, each next to its default:
+# variants (--compile-decode never on transformers), vllm-variants (the GSM8K eval with
+# --max-num-seqs 2048 or 512, or --max-cudagraph-size 1024: vLLM decodes up to 1024 sequences at
+# once on an H100 but captures CUDA graphs only up to 512; each run twice in its own compile cache,
+# the warm run compared with eval-vllm-warm), continuous (transformers' UPFT and full sampling and
+# evaluation with --continuous-batching). Groups can run at once on different GPUs
+# (CUDA_VISIBLE_DEVICES=i STAGES=... each).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-: "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf variants continuous}"
+: "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}" "${STAGES:=vllm transformers openrlhf variants vllm-variants continuous}"
 want() { [[ " ${STAGES//,/ } " == *" $1 "* ]]; }  # space- or comma-separated
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
@@ -51,9 +53,14 @@ if want variants; then
     --out "$RUNS/full-transformers-eager"
   python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --batch-size 2048 --compile-decode never \
     --out "$RUNS/eval-transformers-eager"
-  for run in seqs2048-cold seqs2048; do  # the first fills this setting's compile cache; the second is compared
-    VLLM_CACHE_ROOT="$RUNS/vllm-cache-variants" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
-      --max-num-seqs 2048 --out "$RUNS/eval-vllm-$run"
+fi
+if want vllm-variants; then  # each twice, in its own compile cache: the first run fills it, the second is compared
+  for variant in "seqs2048 --max-num-seqs 2048" "seqs512 --max-num-seqs 512" "graphs1024 --max-cudagraph-size 1024"; do
+    read -r name flag value <<< "$variant"
+    for run in "$name-cold" "$name"; do
+      VLLM_CACHE_ROOT="$RUNS/vllm-cache-$name" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
+        "$flag" "$value" --out "$RUNS/eval-vllm-$run"
+    done
   done
 fi
 if want continuous; then  # transformers' continuous batching: rows leave when done, each with its own length

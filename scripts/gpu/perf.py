@@ -6,7 +6,7 @@ Sampling and evaluation times are the stages' own (decoding and grading), with t
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
 ``transformers_eager``, ``transformers_continuous`` (sampling) and ``eval_variants`` are the same
 stages with a setting that may be faster (``--compile-decode never``, ``--continuous-batching``,
-``--max-num-seqs 2048``): a default changes only after they win.
+``--max-num-seqs``, ``--max-cudagraph-size``): a default changes only after they win.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
 """
 
@@ -44,7 +44,8 @@ def collect(runs: Path) -> dict:
                 "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
-                "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
+                "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048", "vllm_gsm8k_max_num_seqs_512": "eval-vllm-seqs512",
+                "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
     trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast")
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
