@@ -94,7 +94,8 @@ class TransformersBackend:
     ``continuous_batching`` hands each group (same sampling settings, any ``max_new_tokens``) to
     transformers' continuous-batching manager instead: a row leaves as soon as it ends and a waiting
     one takes its place, so UPFT's prefixes (L tokens) and its full draws share one pass and no batch
-    waits for its longest row. Results come in the order rows finish, which then decides the draws.
+    waits for its longest row. Results come in the order rows finish; the group shares one seed, so a
+    sampled draw depends on the other requests of its group (a rerun over the same ones reproduces it).
     """
 
     def __init__(self, model_path: str, tokenizer, stop_ids: list[int], device: str = "auto",
