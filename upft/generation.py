@@ -113,7 +113,7 @@ class TransformersBackend:
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[list[GenResult]]:
         groups: dict[tuple, list[GenRequest]] = {}
         for r in requests:
-            key = r.params()[1:] if self.continuous_batching else r.params()
+            key = r.params()[1:] if self.continuous_batching else r.params()  # [1:]: any max_new_tokens
             groups.setdefault(key, []).append(r)
         total = sum(len(g) for g in groups.values())
         done, new_tokens, t0 = 0, 0, time.time()
@@ -146,7 +146,7 @@ class TransformersBackend:
 
         longest = max(r.max_new_tokens for r in reqs)
         config = generation_config(longest, temperature, top_p, top_k, self.stop_ids, self.tokenizer.pad_token_id,
-                                   "cpu", "never")  # the manager brings its own cache and CUDA graphs
+                                   self.model.device.type, "never")  # the manager brings its own cache and graphs
         hints = WorkloadHints(max_prompt_length=max(len(r.prompt_ids) for r in reqs), max_generated_length=longest,
                               num_requests=len(reqs))
         cb = ContinuousBatchingConfig(seed=request_seed(*(r.seed for r in reqs)))  # else it draws its own

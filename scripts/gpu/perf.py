@@ -44,7 +44,8 @@ def collect(runs: Path) -> dict:
                 "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
-                "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048", "vllm_gsm8k_max_num_seqs_512": "eval-vllm-seqs512",
+                "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
+                "vllm_gsm8k_max_num_seqs_512": "eval-vllm-seqs512",
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
     trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast")
