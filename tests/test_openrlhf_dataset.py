@@ -82,6 +82,11 @@ def openrlhf_sft(monkeypatch):
     monkeypatch.setattr(sft_trainer, "SFTLoss", sft_trainer.SFTLoss)
     monkeypatch.setattr(sft_trainer.SFTTrainer, "save_logs_and_checkpoints",
                         sft_trainer.SFTTrainer.save_logs_and_checkpoints)
+    monkeypatch.setattr(sft_trainer.SFTTrainer, "fit", sft_trainer.SFTTrainer.fit)
+    from openrlhf.utils.deepspeed import deepspeed as ds
+
+    for name in ("prepare", "save_model", "setup_dataloader"):
+        monkeypatch.setattr(ds.DeepspeedStrategy, name, getattr(ds.DeepspeedStrategy, name))
     import openrlhf.utils
 
     monkeypatch.setattr(openrlhf.utils, "get_tokenizer", openrlhf.utils.get_tokenizer)
@@ -196,7 +201,6 @@ def test_group_by_length_sorts_each_ranks_rows_of_a_step_and_nothing_else(openrl
     from upft.openrlhf_sft import install
 
     plain = ds.DistributedSampler
-    monkeypatch.setattr(ds.DeepspeedStrategy, "setup_dataloader", ds.DeepspeedStrategy.setup_dataloader)
     lengths = [5, 300, 7, 9, 250, 6, 8, 400, 5, 12, 280, 6, 7, 9, 10, 11]
     dataset = type("Rows", (), {"__len__": lambda self: len(lengths), "__getitem__": lambda self, i: i,
                                 "prompts": ["p"] * len(lengths),
@@ -216,3 +220,26 @@ def test_group_by_length_sorts_each_ranks_rows_of_a_step_and_nothing_else(openrl
         assert sorted(grouped[step:step + 4]) == sorted(drawn[step:step + 4])
         assert [lengths[i] for i in grouped[step:step + 4]] == sorted(lengths[i] for i in drawn[step:step + 4])
     assert grouped != drawn
+
+
+def test_openrlhf_phases_are_marked_around_its_own_methods(openrlhf_sft, capsys, monkeypatch):
+    """install() wraps OpenRLHF's DeepSpeed set-up, training loop and save with phase lines (rank 0
+    only, an end line even when the call fails), which the launcher's timing() reads."""
+    from openrlhf.utils.deepspeed import deepspeed as ds
+
+    from upft.openrlhf_sft import PHASE, install
+
+    plain = ds.DeepspeedStrategy.prepare, ds.DeepspeedStrategy.save_model, openrlhf_sft.SFTTrainer.fit
+    install("sample")
+    wrapped = ds.DeepspeedStrategy.prepare, ds.DeepspeedStrategy.save_model, openrlhf_sft.SFTTrainer.fit
+    assert [w.__wrapped__ for w in wrapped] == list(plain)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(AttributeError):
+        ds.DeepspeedStrategy.prepare(SimpleNamespace(), "no model")
+    lines = capsys.readouterr().out.splitlines()
+    assert [x.rsplit(" ", 1)[0] for x in lines] == [f"{PHASE} prepare_start", f"{PHASE} prepare_end"]
+    assert float(lines[0].rsplit(" ", 1)[1]) <= float(lines[1].rsplit(" ", 1)[1])
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(AttributeError):
+        ds.DeepspeedStrategy.prepare(SimpleNamespace(), "no model")
+    assert capsys.readouterr().out == ""

@@ -139,6 +139,22 @@ def test_timing_splits_the_wall_time():
                  "model_check_s": 10.0, "tokens_per_s_per_gpu": 50}
 
 
+def test_timing_splits_launch_and_save_by_the_phase_lines():
+    """Our wrapper's phase lines (rank 0, first of each name) split launch-to-first-step into
+    launch, load, DeepSpeed init and the first step, and the end into save and exit."""
+    from upft.openrlhf_sft import PHASE
+
+    curve = [{"step": i, "wall_time": 100.0 + 10 * i} for i in range(4)]
+    lines = ["start 45.0", "prepare_start 70.0", "Time to load fused_adam op: 3.0 seconds",
+             "prepare_end 85.5", "fit_start 86.0", "fit_end 131.0", "save_start 131.0", "save_end 144.0",
+             "start 99.0"]
+    log = "\n".join(x if x.startswith("Time") else f"{PHASE} {x}" for x in lines) + "\n"
+    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log=log, tuning_tokens=2000, epochs=2, gpus=2)
+    assert t["phases_s"] == {"launch": 5.0, "load": 25.0, "deepspeed_init": 15.5, "first_step": 14.0,
+                             "save": 13.0, "exit": 6.0}
+    assert t["op_load_s"] == 3.0 and t["launch_to_first_step_s"] == 60.0
+
+
 def test_more_gpus_than_present_is_one_error_line(data, tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")

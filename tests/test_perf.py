@@ -30,9 +30,9 @@ def _bench(root: Path) -> None:
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
-    for i in (1, 2, "fast"):
+    for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
-            "tokens_per_s_per_gpu": 30_000 if i == "fast" else 21_000, "op_load_s": 30.0 if i == 1 else 0.5}})
+            "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
         (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
             json.dumps({"step": s, "loss_mean": 1.0 / s + (0.01 if i == "fast" and s == 2 else 0)}) + "\n"
             for s in (1, 2, 3)))
@@ -54,19 +54,22 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 21_000 and p["openrlhf"]["second_run_phases_s"]["op_load_s"] == 0.5
     fast = p["openrlhf"]["fast"]
     assert (fast["tokens_per_s_per_gpu"], fast["steps"], fast["max_abs_loss_diff"]) == (30_000, [3, 3], 0.01)
+    fast16 = p["openrlhf"]["fast_micro_batch_16"]
+    assert (fast16["tokens_per_s_per_gpu"], fast16["max_abs_loss_diff"]) == (40_000, 0.0)
 
 
 def test_partial_bench_lists_what_is_missing(tmp_path):
     """A lease that ends mid-bench: the finished stages' figures, nulls and a list for the rest."""
     _bench(tmp_path)
-    gone = ["full-transformers", "eval-transformers-cold", "eval-vllm-seqs2048", "openrlhf-2", "openrlhf-fast"]
+    gone = ["full-transformers", "eval-transformers-cold", "eval-vllm-seqs2048", "openrlhf-2", "openrlhf-fast",
+            "openrlhf-fast16"]
     for name in gone:
         (tmp_path / name / "manifest.json").unlink()
     p = collect(tmp_path)
     assert p["missing"] == gone and list(p["eval_variants"]) == [
         "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
         "transformers_gsm8k_continuous"]
-    assert p["openrlhf"]["fast"] is None
+    assert p["openrlhf"]["fast"] is None and p["openrlhf"]["fast_micro_batch_16"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14}
     assert p["upft_sampling_s"]["transformers"] == 12.0
@@ -80,9 +83,9 @@ def test_no_finished_stage_is_one_error(tmp_path):
 
 
 @pytest.mark.parametrize("stages, expected", [
-    ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
+    ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16"]),
     ("transformers,openrlhf", ["full-vllm-draw", "upft-transformers", "full-transformers", "eval-transformers-cold",
-                               "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
+                               "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16"]),
     ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
     ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
     ("vllm-variants", ["eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "eval-vllm-seqs512-cold", "eval-vllm-seqs512",
@@ -92,7 +95,8 @@ def test_no_finished_stage_is_one_error(tmp_path):
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
             "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "eval-vllm-seqs512-cold", "eval-vllm-seqs512",
             "eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "upft-transformers-cb", "full-transformers-cb",
-            "eval-transformers-cb", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast"]),
+            "eval-transformers-cb", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast",
+            "openrlhf-fast16"]),
 ])
 def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     """bench.sh's STAGES: a lease with little time left runs one group (the OpenRLHF runs first draw

@@ -261,8 +261,12 @@ def loss_curve(tb_dir: str) -> list[dict]:
 def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log: str, tuning_tokens: int,
            epochs: int, gpus: int) -> dict:
     """Where a run's wall time went, from the loss curve's event times and OpenRLHF's log: launch to
-    the first logged step (process start, DeepSpeed init, op builds, data), the steps, the rest
-    (saving), our model check; and tuning tokens per second per GPU over the steps after the first."""
+    the first logged step, the steps, the rest (saving), our model check; and tuning tokens per
+    second per GPU over the steps after the first. Where the log has our phase lines
+    (``upft.openrlhf_sft.mark``), ``phases_s`` splits the first and last parts further: launch
+    (DeepSpeed's launcher until our process starts), load (imports, process group, model, tokenizer,
+    data), DeepSpeed init (engine and optimizer, ``op_load_s`` of it loading or building ops), first
+    step (the training loop's start to the first logged step), save, exit (after the save)."""
     ops = sum(float(x) for x in re.findall(r"Time to load \w+ op: ([\d.]+) seconds", log))
     out = {"launch_to_first_step_s": None, "steps_s": None, "after_last_step_s": None,
            "op_load_s": round(ops, 1), "model_check_s": round(t_checked - t_trained, 1), "tokens_per_s_per_gpu": None}
@@ -273,6 +277,16 @@ def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log
         out.update(launch_to_first_step_s=round(first - t0, 1), steps_s=round(last - first, 1),
                    after_last_step_s=round(t_trained - last, 1),
                    tokens_per_s_per_gpu=round(per_step * (len(times) - 1) / (last - first) / gpus))
+    mark: dict[str, float] = {}
+    for name, at in re.findall(r"^\[upft\] phase (\w+) ([\d.]+)$", log, re.M):
+        mark.setdefault(name, float(at))
+    spans = {"launch": (t0, mark.get("start")), "load": (mark.get("start"), mark.get("prepare_start")),
+             "deepspeed_init": (mark.get("prepare_start"), mark.get("prepare_end")),
+             "first_step": (mark.get("fit_start"), times[0] if times else None),
+             "save": (mark.get("save_start"), mark.get("save_end")), "exit": (mark.get("save_end"), t_trained)}
+    if mark:
+        out["phases_s"] = {k: round(b - a, 1) if a is not None and b is not None else None
+                           for k, (a, b) in spans.items()}
     return out
 
 

@@ -30,13 +30,19 @@ batch x accumulation steps, drawn as OpenRLHF draws them) go into its micro-batc
 length. The step's rows, and so its loss and gradient, are the same; only the padding shrinks
 (and the order in which micro-batch gradients are summed changes). One epoch only: OpenRLHF lets a
 step run across two epochs, where the windows sorted here would no longer be its steps.
+
+Rank 0 also prints a timestamped ``[upft] phase NAME TIME`` line when the process starts and
+around DeepSpeed's set-up (``prepare``: engine, optimizer, op loads), the training loop (``fit``)
+and the save, so the launcher can say where a run's wall time went (``upft.openrlhf_launcher.timing``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import runpy
 import sys
+import time
 
 from upft.health import check_finite
 from upft.errors import UserError
@@ -62,6 +68,29 @@ def split_args(argv: list[str]) -> tuple[str, bool, list[str]]:
     if loss_avg not in ("sample", "token"):
         raise SystemExit(f"error: {LOSS_FLAG} must be 'sample' or 'token', got '{loss_avg}'")
     return loss_avg, group, rest
+
+
+PHASE = "[upft] phase"
+
+
+def mark(name: str) -> None:
+    """One phase line in OpenRLHF's log, from rank 0 only (every rank passes the same points)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{PHASE} {name} {time.time():.3f}", flush=True)
+
+
+def timed(fn, name: str):
+    """``fn`` with ``NAME_start`` / ``NAME_end`` phase lines around each call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        mark(f"{name}_start")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            mark(f"{name}_end")
+
+    return wrapper
 
 
 def length_grouped(sampler_cls):
@@ -93,15 +122,17 @@ def one_end_per_row(tokenizer):
 
 
 def install(loss_avg: str, group_by_length: bool = False) -> None:
-    """Apply the four guards (and the option) to the imported OpenRLHF modules."""
+    """Apply the four guards (and the option and phase lines) to the imported OpenRLHF modules."""
     import openrlhf.utils
     import torch
     from openrlhf.models import SFTLoss
     from openrlhf.trainer import sft_trainer
+    from openrlhf.utils.deepspeed import deepspeed as ds
 
+    strategy = ds.DeepspeedStrategy
+    strategy.prepare, strategy.save_model = timed(strategy.prepare, "prepare"), timed(strategy.save_model, "save")
+    sft_trainer.SFTTrainer.fit = timed(sft_trainer.SFTTrainer.fit, "fit")
     if group_by_length:
-        from openrlhf.utils.deepspeed import deepspeed as ds
-
         plain, setup = ds.DistributedSampler, ds.DeepspeedStrategy.setup_dataloader
         grouped = length_grouped(plain)
 
@@ -135,6 +166,7 @@ def install(loss_avg: str, group_by_length: bool = False) -> None:
 
 
 def main() -> None:
+    mark("start")
     loss_avg, group_by_length, rest = split_args(sys.argv[1:])
     install(loss_avg, group_by_length)
     sys.argv = ["openrlhf.cli.train_sft", *rest]

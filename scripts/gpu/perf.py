@@ -48,7 +48,7 @@ def collect(runs: Path) -> dict:
                 "vllm_gsm8k_max_num_seqs_512": "eval-vllm-seqs512",
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
-    trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast")
+    trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16")
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
     done = {name for name in stages if (runs / name / "manifest.json").is_file()}
     if not done:
@@ -78,16 +78,18 @@ def collect(runs: Path) -> dict:
                      "phases_s": tr[0]["timing"] if tr else None,
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
-                     "fast": _fast(runs) if {"openrlhf-1", "openrlhf-fast"} <= done else None},
+                     **{key: _fast(runs, name) if {"openrlhf-1", name} <= done else None
+                        for key, name in (("fast", "openrlhf-fast"), ("fast_micro_batch_16", "openrlhf-fast16"))}},
     }
 
 
-def _fast(runs: Path) -> dict:
-    """The first run again with --group-by-length --no-gradient-checkpointing: the same steps (same
-    seed, so the same rows per step) computed with less padding and no recomputation. Its loss
-    must follow the first run's step by step; the figures say what the two settings buy."""
-    check = compare_losses(runs / "openrlhf-1" / "train_log.jsonl", runs / "openrlhf-fast" / "train_log.jsonl")
-    timing = read_json(runs / "openrlhf-fast" / "manifest.json")["timing"]
+def _fast(runs: Path, name: str) -> dict:
+    """The first run again with --group-by-length --no-gradient-checkpointing (and for
+    ``openrlhf-fast16`` --micro-batch 16): the same steps (same seed, so the same rows per step)
+    computed with less padding, no recomputation and fewer micro-batches. Its loss must follow the
+    first run's step by step; the figures say what the settings buy."""
+    check = compare_losses(runs / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
+    timing = read_json(runs / name / "manifest.json")["timing"]
     return {"tokens_per_s_per_gpu": timing["tokens_per_s_per_gpu"], "phases_s": timing,
             "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"]}
 
