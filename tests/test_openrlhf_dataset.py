@@ -87,6 +87,7 @@ def openrlhf_sft(monkeypatch):
 
     for name in ("prepare", "save_model", "setup_dataloader"):
         monkeypatch.setattr(ds.DeepspeedStrategy, name, getattr(ds.DeepspeedStrategy, name))
+    monkeypatch.setattr(openrlhf_datasets.SFTDataset, "__init__", openrlhf_datasets.SFTDataset.__init__)
     import openrlhf.utils
 
     monkeypatch.setattr(openrlhf.utils, "get_tokenizer", openrlhf.utils.get_tokenizer)
@@ -243,3 +244,27 @@ def test_openrlhf_phases_are_marked_around_its_own_methods(openrlhf_sft, capsys,
     with pytest.raises(AttributeError):
         ds.DeepspeedStrategy.prepare(SimpleNamespace(), "no model")
     assert capsys.readouterr().out == ""
+
+
+def test_openrlhf_tokenizes_with_the_processes_asked_for(openrlhf_sft, tok, monkeypatch):
+    """install(data_procs=N) reaches the num_proc of OpenRLHF's own SFTDataset map (hard-wired to 8
+    there); a caller's explicit num_processors still wins."""
+    from datasets import Dataset
+
+    from upft.openrlhf_sft import install
+
+    seen, plain = [], Dataset.map
+    def map_(self, *args, **kwargs):  # the real map; filter() calls it too, with num_proc None
+        if kwargs.get("num_proc") is not None:
+            seen.append(kwargs["num_proc"])
+        return plain(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "map", map_)
+    install("sample", data_procs=1)
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "q"}],
+                               "response": [{"role": "assistant", "content": "a"}]}])
+    strategy = SimpleNamespace(args=SimpleNamespace(data=SimpleNamespace(
+        input_key="prompt", output_key="response", apply_chat_template=True, tokenizer_chat_template=None)))
+    assert len(openrlhf_datasets.SFTDataset(rows, tok, 64, strategy)) == 1
+    openrlhf_datasets.SFTDataset(rows, tok, 64, strategy, num_processors=2)
+    assert seen == [1, 2]

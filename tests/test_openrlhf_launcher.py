@@ -59,9 +59,28 @@ def test_loss_weighting_and_pinned_gpus(data, monkeypatch):
     assert "--upft.group_by_length" in grouped
     from upft.openrlhf_sft import split_args  # what our wrapper of OpenRLHF's trainer makes of it
 
-    assert split_args(grouped[grouped.index("upft.openrlhf_sft") + 1:])[:2] == ("sample", True)
+    assert split_args(grouped[grouped.index("upft.openrlhf_sft") + 1:])[:3] == ("sample", True, 1)
     with pytest.raises(SystemExit):
         parse(["--data", str(data), "--model", "m", "--out", "o", "--loss-avg", "mean"])
+
+
+def test_tokenizing_processes_follow_the_set_size(data, tmp_path):
+    """OpenRLHF's SFTDataset gets one tokenizing process per 20,000 rows (at most 8) unless told."""
+    from upft.openrlhf_sft import split_args
+
+    def procs(path, *more):
+        cmd = command(parse(["--data", str(path), "--model", "m", "--out", "o", *more]))
+        return split_args(cmd[cmd.index("upft.openrlhf_sft") + 1:])[2]
+
+    big = tmp_path / "big.jsonl"
+    big.write_text(data.read_text() * 40_000)
+    assert (procs(data), procs(big), procs(data, "--data-procs", "4")) == (1, 3, 4)
+    assert split_args(["--upft.data_procs=2", "--x"]) == ("sample", False, 2, ["--x"])
+    for bad in (["--upft.data_procs", "0"], ["--upft.data_procs=x"], ["--upft.data_procs"]):
+        with pytest.raises(SystemExit, match="data_procs must be a whole number >= 1"):
+            split_args(bad)
+    with pytest.raises(UserError, match="data_procs must be at least 0"):
+        parse(["--data", str(data), "--model", "m", "--out", "o", "--data-procs", "-1"])
 
 
 def test_multi_node_uses_torchrun_and_options_map(data):

@@ -44,7 +44,7 @@ from upft.schema import add_flags, check_types, from_args, keys
 
 # OpenRLHF settings that count something: their least value
 COUNTS = {"gpus": 1, "nnodes": 1, "node_rank": 0, "master_port": 1, "epochs": 1, "batch_size": 1, "micro_batch": 1,
-          "max_len": 3, "zero_stage": 0, "lora_rank": 0, "lora_alpha": 1}
+          "max_len": 3, "zero_stage": 0, "lora_rank": 0, "lora_alpha": 1, "data_procs": 0}
 
 
 @dataclass
@@ -75,6 +75,9 @@ class OpenRLHFSettings:
     group_by_length: bool = field(default=False, metadata={
         "help": "each optimizer step's rows go into micro-batches sorted by length: the same step, less "
                 "padding (see upft.openrlhf_sft)"})
+    data_procs: int = field(default=0, metadata={
+        "help": "processes OpenRLHF tokenizes the set with; 0: one per 20,000 rows, at most 8 (OpenRLHF's "
+                "fixed 8 cost more than they save on small sets, see upft.openrlhf_sft)"})
     lora_rank: int = 0
     lora_alpha: int = 16
     tensorboard: str | None = field(default=None, metadata={"help": "TensorBoard log folder (default: OUT/tensorboard)"})
@@ -162,8 +165,9 @@ def config_defaults(path: str) -> dict:
     return out
 
 
-def check_data(path: Path) -> None:
-    """The file must be ours: chat-message prompts and responses that OpenRLHF renders itself."""
+def check_data(path: Path) -> int:
+    """The file must be ours: chat-message prompts and responses that OpenRLHF renders itself.
+    Returns its number of rows."""
     if not path.is_file():
         raise UserError(f"training data not found: {path}")
     rows = read_jsonl(path)
@@ -174,6 +178,7 @@ def check_data(path: Path) -> None:
             raise UserError(f"{path}: rows need a '{key}' message list (build the file with data_prep/build.py)")
     if "," in str(path) or "@" in str(path):
         raise UserError(f"{path}: OpenRLHF splits dataset paths on ',' and '@'; rename it")
+    return len(rows)
 
 
 def where_free(arg: str) -> str:
@@ -187,7 +192,7 @@ def where_free(arg: str) -> str:
 def command(job: Job) -> list[str]:
     """The OpenRLHF command line of a job (deepspeed on one node, torchrun across nodes)."""
     a, data = job.settings, job.data_file
-    check_data(data)
+    procs = a.data_procs or min(8, 1 + check_data(data) // 20_000)
     if a.nnodes > 1:
         launcher = ["torchrun", f"--nproc_per_node={a.gpus}", f"--nnodes={a.nnodes}", f"--node_rank={a.node_rank}",
                     f"--master_addr={a.master_addr}", f"--master_port={a.master_port}", "-m"]
@@ -198,7 +203,7 @@ def command(job: Job) -> list[str]:
         where = f"--include=localhost:{','.join(visible[:a.gpus])}" if visible else f"--num_gpus={a.gpus}"
         launcher = ["deepspeed", where, f"--master_port={a.master_port}", "--module"]
     cmd = launcher + [
-        "upft.openrlhf_sft", "--upft.loss_avg", a.loss_avg,
+        "upft.openrlhf_sft", "--upft.loss_avg", a.loss_avg, "--upft.data_procs", str(procs),
         "--model.model_name_or_path", job.model,
         "--data.dataset", str(data.resolve()),
         "--data.input_key", "prompt", "--data.output_key", "response", "--data.apply_chat_template",
