@@ -51,21 +51,28 @@ def test_sample_and_token_averaging_differ_as_documented():
     assert not math.isclose(token.item(), per_sample.item(), rel_tol=1e-3)
 
 
-def test_lora_training_saves_a_merged_plain_folder(tmp_path, model_path, tok):
+def _data(tmp_path, tok, n: int, draw: str = "prefix") -> str:
+    """n real UPFT rows (the SmolLM2 tokenizer) in a train.jsonl: prefixes of 8 tokens, or with
+    ``draw="full"`` whole responses. Full rows spare the health check's early-stop probes (it asks
+    them only for a set with prefix rows, before and after training) in tests about something else."""
     from test_prefix import RESPONSES, fake_sample
-    from transformers import AutoModelForCausalLM
-
     from upft.builders import build_upft
     from upft.models import end_of_turn_id
-    from upft.stages import run_train
-    from upft.local_trainer import TrainSettings
 
-    rows, _ = build_upft([fake_sample(tok, i, t, "prefix") for i, t in enumerate(RESPONSES)], tok,
-                         end_of_turn_id(tok), L=8)
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    samples = [fake_sample(tok, i, RESPONSES[i % len(RESPONSES)], draw) for i in range(n)]
+    rows, _ = build_upft(samples, tok, end_of_turn_id(tok), L=8)
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_lora_training_saves_a_merged_plain_folder(tmp_path, model_path, tok):
+    from transformers import AutoModelForCausalLM
+
+    from upft.stages import run_train
+
     settings = TrainSettings(lr=1e-3, batch_size=3, micro_batch=3, warmup_ratio=0.0, lora_rank=4, device="cpu")
-    out = run_train(str(data), model_path, str(tmp_path / "model"), settings)
+    out = run_train(_data(tmp_path, tok, 3, "full"), model_path, str(tmp_path / "model"), settings)
     assert not list(out.glob("adapter_*")) and (out / "config.json").exists()
     base = AutoModelForCausalLM.from_pretrained(model_path)
     tuned = AutoModelForCausalLM.from_pretrained(out)
@@ -75,66 +82,44 @@ def test_lora_training_saves_a_merged_plain_folder(tmp_path, model_path, tok):
     assert changed and any("proj" in n for n in changed)  # the LoRA deltas were merged into the weights
 
 
-def _data(tmp_path, tok, n: int) -> str:
-    """n real UPFT rows (the SmolLM2 tokenizer, prefixes of 8 tokens) in a train.jsonl."""
-    from test_prefix import RESPONSES, fake_sample
-    from upft.builders import build_upft
-    from upft.models import end_of_turn_id
-
-    samples = [fake_sample(tok, i, RESPONSES[i % len(RESPONSES)], "prefix") for i in range(n)]
-    rows, _ = build_upft(samples, tok, end_of_turn_id(tok), L=8)
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def test_last_shorter_step_is_one_mean_over_its_rows(tmp_path, model_path, tok):
-    """3 rows, micro-batches of 2, steps of 4: the one step holds micro-batches of 2 and 1 rows.
-    Its logged loss (computed at the initial weights) must be the plain per-row mean."""
-    from transformers import AutoModelForCausalLM
-
-    from upft.stages import run_train
-
-    data = _data(tmp_path, tok, 3)
-    rows = tensorise(read_jsonl(data), 4096)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    with torch.no_grad():
-        means = []
-        for r in rows:
-            batch = collate(tok.pad_token_id)([r])
-            nll, mask = response_nll(model(input_ids=batch["input_ids"]).logits, batch["labels"])
-            means.append(nll[mask].mean().item())
-    settings = TrainSettings(lr=1e-5, batch_size=4, micro_batch=2, device="cpu")
-    out = run_train(data, model_path, str(tmp_path / "model"), settings)
-    (step,) = read_jsonl(out / "train_log.jsonl")
-    assert math.isclose(step["loss"], sum(means) / 3, rel_tol=1e-4)
-
-
-def test_a_set_smaller_than_one_batch_still_trains_at_the_full_rate(tmp_path, model_path, tok, monkeypatch):
-    """6 rows under a global batch of 64: one optimizer step, no warmup step at LR 0, weights moved;
-    AdamW (0.9, 0.95), no weight decay, clipping at 1.0 (OpenRLHF's settings). cuDNN attention is
-    off during training (its backward gives NaN gradients on padded batches, pytorch#196678) and
-    restored after; check_finite runs at every optimizer step, inside training."""
+def test_one_short_step_is_a_mean_over_its_rows_at_the_full_rate(tmp_path, model_path, tok, monkeypatch):
+    """3 rows, micro-batches of 2, a global batch of 64: the one optimizer step holds micro-batches
+    of 2 and 1 rows. Its logged loss (computed at the initial weights) must be the plain per-row
+    mean; the step is not spent at LR 0 (no warmup step) and moves the weights; AdamW (0.9, 0.95),
+    no weight decay, clipping at 1.0 (OpenRLHF's settings). cuDNN attention is off during training
+    (its backward gives NaN gradients on padded batches, pytorch#196678) and restored after;
+    check_finite runs at every optimizer step, inside training; the saved model passed the health
+    check, with the early-stop probes a set of prefix rows calls for."""
     from transformers import AutoModelForCausalLM
 
     import upft.local_trainer
     from upft.stages import run_train
 
+    data = _data(tmp_path, tok, 3)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    with torch.no_grad():
+        means = []
+        for r in tensorise(read_jsonl(data), 4096):
+            batch = collate(tok.pad_token_id)([r])
+            nll, mask = response_nll(base(input_ids=batch["input_ids"]).logits, batch["labels"])
+            means.append(nll[mask].mean().item())
     cudnn_during = []
     real = upft.local_trainer.check_finite
     monkeypatch.setattr(upft.local_trainer, "check_finite",
                         lambda step, values: (cudnn_during.append(torch.backends.cuda.cudnn_sdp_enabled()),
                                               real(step, values)))
     before = torch.backends.cuda.cudnn_sdp_enabled()
-    settings = TrainSettings(lr=1e-5, batch_size=64, micro_batch=4, device="cpu")
-    out = run_train(_data(tmp_path, tok, 6), model_path, str(tmp_path / "model"), settings)
+    settings = TrainSettings(lr=1e-5, batch_size=64, micro_batch=2, device="cpu")
+    out = run_train(data, model_path, str(tmp_path / "model"), settings)
     assert cudnn_during and not any(cudnn_during) and torch.backends.cuda.cudnn_sdp_enabled() == before
+    (step,) = read_jsonl(out / "train_log.jsonl")
+    assert math.isclose(step["loss"], sum(means) / 3, rel_tol=1e-4) and step["learning_rate"] == 1e-5
     man = read_json(out / "manifest.json")
-    assert (man["optimizer_steps"], man["warmup_steps"], man["n_rows"]) == (1, 0, 6)
+    assert (man["optimizer_steps"], man["warmup_steps"], man["n_rows"]) == (1, 0, 3)
     assert man["optimizer"] == {"betas": [0.9, 0.95], "weight_decay": 0.0, "max_grad_norm": 1.0}
-    assert [s["learning_rate"] for s in read_jsonl(out / "train_log.jsonl")] == [1e-5]
     assert man["model_check"]["passed"] and all(man["model_check"]["answers"])
-    base = AutoModelForCausalLM.from_pretrained(model_path)
+    early = man["model_check"]["early_stop"]
+    assert early["limit"] == 3 * 8 and len(early["base_lengths"]) == len(early["lengths"]) == 8
     tuned = AutoModelForCausalLM.from_pretrained(out)
     assert not torch.equal(base.model.norm.weight, tuned.model.norm.weight)
 
@@ -145,7 +130,7 @@ def test_a_run_that_leaves_the_weights_unchanged_is_refused(tmp_path, model_path
     # an update below fp32's smallest number: every weight, zeros included, stays bit-identical
     settings = TrainSettings(lr=1e-50, batch_size=2, micro_batch=2, device="cpu")
     with pytest.raises(UserError, match="unchanged"):
-        run_train(_data(tmp_path, tok, 2), model_path, str(tmp_path / "model"), settings)
+        run_train(_data(tmp_path, tok, 2, "full"), model_path, str(tmp_path / "model"), settings)
     assert not (tmp_path / "model").exists() and not (tmp_path / "model.tmp").exists()
 
 
@@ -159,7 +144,7 @@ def test_a_non_finite_loss_stops_the_run_with_one_error_line_and_no_model(tmp_pa
         model.model.layers[0].input_layernorm.weight[0] = float("nan")
     model.save_pretrained(broken)
     tok.save_pretrained(broken)
-    r = run_cli("train/train_local.py", "--data", _data(tmp_path, tok, 2), "--model", str(broken),
+    r = run_cli("train/train_local.py", "--data", _data(tmp_path, tok, 2, "full"), "--model", str(broken),
                 "--out", str(tmp_path / "model"), "--batch-size", "2", "--micro-batch", "2", "--lr", "1e-5")
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
