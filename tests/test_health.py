@@ -17,12 +17,6 @@ def model(model_path):
     return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
 
-def test_the_real_model_passes_with_varied_answers(model, tok):
-    report = check_model(model, tok)
-    assert report["passed"] and len(report["answers"]) == 3
-    assert all(len(set(tok(a).input_ids)) > 1 for a in report["answers"])
-
-
 def test_a_collapsed_model_is_refused(model, tok):
     """All-zero final norm: every logit is 0, greedy repeats token 0 (what "!!!!" was for Qwen)."""
     with torch.no_grad():
@@ -69,12 +63,15 @@ def test_batched_greedy_answers_as_one_by_one(model, tok):
     assert health.greedy(model, tok, qs, 12) == [health.greedy(model, tok, [q], 12)[0] for q in qs]
 
 
-def test_a_model_that_ends_where_the_base_ran_on_is_refused(model, tok, monkeypatch):
-    """The real model answers "7 + 5" in a few tokens; told that the base model ran past 40 on it,
-    the check must refuse the model, and pass it when the limit is below its answer's length."""
+def test_the_real_model_passes_unless_it_ends_where_the_base_ran_on(model, tok, monkeypatch):
+    """The real model passes with varied answers. It answers "7 + 5" in a few tokens; told that the
+    base model ran past 40 on it, the check must refuse the model, and pass it when the limit is
+    below its answer's length."""
     monkeypatch.setattr(health, "REASONING_PROBES", ("What is 7 + 5? Answer with a number.",))
     with pytest.raises(UserError, match="stops early: it ends its answers to 1 of 1 multi-step questions after"):
         check_model(model, tok, early=([None], 40))
     report = check_model(model, tok, early=([None], 1))
+    assert report["passed"] and len(report["answers"]) == 3
+    assert all(len(set(tok(a).input_ids)) > 1 for a in report["answers"])
     assert report["early_stop"] == {"probes": list(health.REASONING_PROBES), "limit": 1,
                                     "base_lengths": [None], "lengths": [None]}
