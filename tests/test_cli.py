@@ -8,16 +8,21 @@ import pytest
 
 from conftest import MODEL, run_cli
 from upft.grading import Grader
-from upft.runio import read_jsonl
+from upft.prompts import BOXED
+from upft.runio import read_json, read_jsonl
 
 TRAIN_Q = "data/demo/gsm8k/train.jsonl"
 
 
 def test_four_stages_end_to_end_on_the_real_model(tmp_path, model_path):
+    """Sampled with the plain prompt (as a Llama run is), trained into a folder whose name says
+    nothing of it: evaluation of the tuned model must use the plain prompt too, carried by the
+    manifests (the base model, asked for nothing, gets boxed: test_eval's command test)."""
     s, p, m, e = (str(tmp_path / x) for x in ("samples", "prep", "model", "eval"))
     gen = ["--max-new-tokens", "24", "--batch-size", "8"]
-    r = run_cli("sample/generate.py", "--model", MODEL, "--questions", TRAIN_Q, "--answer-field", "answer",
-                "--limit", "6", "--L", "8", "--p", "0.34", *gen, "--out", s)
+    sample = ["--model", MODEL, "--questions", TRAIN_Q, "--answer-field", "answer", "--limit", "6", "--L", "8",
+              "--p", "0.34", "--prompt-style", "plain", *gen, "--out", s]
+    r = run_cli("sample/generate.py", *sample)
     assert r.returncode == 0, r.stderr
     samples = read_jsonl(tmp_path / "samples" / "samples.jsonl")
     assert len(samples) == 6 and sum(x["draw"] == "full" for x in samples) == 2
@@ -27,6 +32,7 @@ def test_four_stages_end_to_end_on_the_real_model(tmp_path, model_path):
     stats = json.loads((tmp_path / "prep" / "stats.json").read_text())
     assert (stats["n_prefix"], stats["n_full"], stats["n_rows"], stats["L"]) == (4, 2, 6, 8)
     assert stats["n_truncated_full_draws"] == 2 and stats["keep_truncated"]  # 24 tokens cut both full draws
+    assert read_json(tmp_path / "prep" / "manifest.json")["settings"]["style"] == "plain"
 
     r = run_cli("train/train_local.py", "--data", p, "--model", MODEL, "--out", m,
                 "--lr", "1e-5", "--batch-size", "2", "--micro-batch", "2")
@@ -34,6 +40,7 @@ def test_four_stages_end_to_end_on_the_real_model(tmp_path, model_path):
     log = read_jsonl(tmp_path / "model" / "train_log.jsonl")
     assert len(log) == 3 and all(x["loss"] > 0 for x in log)
     assert not (tmp_path / "model.tmp").exists()
+    assert read_json(tmp_path / "model" / "manifest.json")["settings"]["style"] == "plain"
 
     r = run_cli("eval/run_eval.py", "--model", m, "--benchmarks", "gsm8k", "--data-dir", "data/demo",
                 "--limit", "3", *gen, "--out", e)
@@ -42,6 +49,7 @@ def test_four_stages_end_to_end_on_the_real_model(tmp_path, model_path):
     g = summary["benchmarks"]["gsm8k"]
     rows = read_jsonl(tmp_path / "eval" / "gsm8k.jsonl")
     assert all({"prompt", "response", "pred", "gold", "correct"} <= set(x) for x in rows)
+    assert g["style"] == "plain" and all(BOXED not in x["prompt"] for x in rows)
     assert g["n_questions"] == 3 and g["accuracy"] == pytest.approx(100 * sum(x["correct"] for x in rows) / 3)
     with Grader() as grader:  # each stored verdict is what grading the stored response gives
         again = grader.grade([("math", x["response"], x["gold"]) for x in rows])
@@ -51,8 +59,7 @@ def test_four_stages_end_to_end_on_the_real_model(tmp_path, model_path):
 
     # a finished stage rerun with the same settings does no work
     before = (tmp_path / "samples" / "samples.jsonl").stat().st_mtime_ns
-    r = run_cli("sample/generate.py", "--model", MODEL, "--questions", TRAIN_Q, "--answer-field", "answer",
-                "--limit", "6", "--L", "8", "--p", "0.34", *gen, "--out", s)
+    r = run_cli("sample/generate.py", *sample)
     assert r.returncode == 0 and "[skip]" in r.stderr
     assert (tmp_path / "samples" / "samples.jsonl").stat().st_mtime_ns == before
     # ... and a folder holding a different run is refused, not mixed

@@ -4,33 +4,10 @@ from __future__ import annotations
 
 from conftest import MODEL
 from upft.data import QuestionSource
-from upft.evaluate import EvalSettings
-from upft.prompts import BOXED
 from upft.runio import read_json, read_jsonl
-from upft.stages import run_eval, run_prep, run_sample, run_train
-from upft.local_trainer import TrainSettings
+from upft.stages import run_prep, run_sample
 
 TRAIN_Q = "data/demo/gsm8k/train.jsonl"
-
-
-def test_prompt_style_travels_from_sampling_to_evaluation(tmp_path, model_path):
-    """Sampled with the plain prompt (as a Llama run is), saved under a folder whose name says
-    nothing of it: evaluation of the tuned model must use the plain prompt too; the base model,
-    asked for nothing, gets its family's default (boxed for SmolLM2)."""
-    samples, prep = tmp_path / "samples", tmp_path / "prep"
-    model = tmp_path / "ablation-L8-s0" / "model"
-    run_sample(MODEL, QuestionSource(TRAIN_Q, answer_field="answer", limit=2), str(samples), L=4, p=0.0,
-               max_new_tokens=8, prompt_style="plain", batch_size=8)
-    run_prep(str(samples), str(prep), L=4)
-    run_train(str(prep), MODEL, str(model), TrainSettings(lr=1e-5, batch_size=2, micro_batch=2, device="cpu"))
-    assert read_json(prep / "manifest.json")["settings"]["style"] == "plain"
-    assert read_json(model / "manifest.json")["settings"]["style"] == "plain"
-    short = EvalSettings(max_new_tokens=4, limit=1)
-    tuned = run_eval(str(model), str(tmp_path / "eval"), ["gsm8k"], short, data_dir="data/demo", batch_size=8)
-    assert tuned["benchmarks"]["gsm8k"]["style"] == "plain"
-    assert all(BOXED not in r["prompt"] for r in read_jsonl(tmp_path / "eval" / "gsm8k.jsonl"))
-    base = run_eval(MODEL, str(tmp_path / "eval-base"), ["gsm8k"], short, data_dir="data/demo", batch_size=8)
-    assert base["benchmarks"]["gsm8k"]["style"] == "boxed"
 
 
 def test_prep_takes_L_from_sampling_and_refuses_a_longer_one(tmp_path, model_path):
