@@ -20,17 +20,17 @@ def test_four_stages_end_to_end_on_the_real_model(tmp_path, model_path):
     manifests (the base model, asked for nothing, gets boxed: test_eval's command test)."""
     s, p, m, e = (str(tmp_path / x) for x in ("samples", "prep", "model", "eval"))
     gen = ["--max-new-tokens", "24", "--batch-size", "8"]
-    sample = ["--model", MODEL, "--questions", TRAIN_Q, "--answer-field", "answer", "--limit", "6", "--L", "8",
+    sample = ["--model", MODEL, "--questions", TRAIN_Q, "--answer-field", "answer", "--limit", "6", "--L", "5",
               "--p", "0.34", "--prompt-style", "plain", *gen, "--out", s]
     r = run_cli("sample/generate.py", *sample)
     assert r.returncode == 0, r.stderr
     samples = read_jsonl(tmp_path / "samples" / "samples.jsonl")
     assert len(samples) == 6 and sum(x["draw"] == "full" for x in samples) == 2
 
-    r = run_cli("data_prep/build.py", "--samples", s, "--out", p, "--keep-truncated")  # L: the sampled 8
+    r = run_cli("data_prep/build.py", "--samples", s, "--out", p, "--keep-truncated")  # L: the sampled 5
     assert r.returncode == 0, r.stderr
     stats = json.loads((tmp_path / "prep" / "stats.json").read_text())
-    assert (stats["n_prefix"], stats["n_full"], stats["n_rows"], stats["L"]) == (4, 2, 6, 8)
+    assert (stats["n_prefix"], stats["n_full"], stats["n_rows"], stats["L"]) == (4, 2, 6, 5)
     assert stats["n_truncated_full_draws"] == 2 and stats["keep_truncated"]  # 24 tokens cut both full draws
     assert read_json(tmp_path / "prep" / "manifest.json")["settings"]["style"] == "plain"
 

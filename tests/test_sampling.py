@@ -45,11 +45,11 @@ QUESTIONS = [Question(str(i), f"What is {i} + {i + 1}?", str(2 * i + 1)) for i i
 
 def test_prefix_draws_decode_only_L_tokens(tok, backend, tmp_path):
     out = tmp_path / "samples.jsonl"
-    rows = sample(QUESTIONS, tok, backend, str(out), L=5, p=1 / 3, max_new_tokens=40, seed=1, style="boxed")
+    rows = sample(QUESTIONS, tok, backend, str(out), L=5, p=1 / 3, max_new_tokens=16, seed=1, style="boxed")
     assert sorted(r["id"] for r in rows) == [q.id for q in QUESTIONS]
     assert sum(r["draw"] == "full" for r in rows) == 2
     for r in rows:
-        limit = 5 if r["draw"] == "prefix" else 40
+        limit = 5 if r["draw"] == "prefix" else 16
         assert len(r["response_ids"]) <= limit
         assert r["finish_reason"] in ("stop", "length")
         assert r["n_tokens"] == len(r["response_ids"]) + (r["finish_reason"] == "stop")
