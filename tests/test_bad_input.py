@@ -191,6 +191,8 @@ COMMAND_TABLE = [
      "train.gpus must be at least 1, got 0"),
     ("upft/openrlhf_launcher.py", ["--data", "{t}/none.jsonl", "--model", "m", "--out", "{t}/out", "--micro-batch",
                                    "0"], "train.micro_batch must be at least 1"),
+    ("upft/openrlhf_launcher.py", ["--data", "{t}/none.jsonl", "--model", "m", "--out", "{t}/out", "--data-procs",
+                                   "-1"], "train.data_procs must be at least 0"),
     ("upft/openrlhf_launcher.py", ["--data", "{t}/none.jsonl", "--model", "m", "--out", "{t}/out"],
      "training data not found"),
     ("eval/run_eval.py", ["--model", MODEL, "--benchmarks", "gsm9k", "--out", "{t}/out"], "unknown benchmark 'gsm9k'"),

@@ -33,7 +33,8 @@ step run across two epochs, where the windows sorted here would no longer be its
 
 ``--upft.data_procs N`` sets how many processes OpenRLHF's SFTDataset tokenizes the set with
 (its ``num_processors``, hard-wired to 8 there). Eight cost more than they save on a small set: 1920
-rows took 31 s on an H100 host, and on a 2-core CPU 43 s with 8 processes against 8 s with one.
+rows took 20-31 s of a run's start on an H100 host (``results/gpu/bench/bench-lease7.log``), and
+one process was several times faster than eight on a 2-core CPU.
 
 Rank 0 also prints a timestamped ``[upft] phase NAME TIME`` line when the process starts and
 around DeepSpeed's set-up (``prepare``: engine, optimizer, op loads), the training loop (``fit``)
