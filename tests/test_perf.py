@@ -26,7 +26,8 @@ def _bench(root: Path) -> None:
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
                         ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
-                        ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0)):
+                        ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0),
+                        ("eval-vllm-seqs2048-graphs2048", 150.0)):
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
@@ -40,7 +41,10 @@ def _bench(root: Path) -> None:
 
 def test_perf_json_from_bench_runs(tmp_path):
     _bench(tmp_path)
+    steps = [{"rows": 200, "cache": "dynamic", "step_ms": 30.0}, {"rows": 1319, "cache": "dynamic", "step_ms": 40.0}]
+    _w(tmp_path / "decode_steps.json", {"results": steps})
     p = collect(tmp_path)
+    assert p["transformers_decode_steps"] == steps
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["missing"] == []
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14}
@@ -48,6 +52,7 @@ def test_perf_json_from_bench_runs(tmp_path):
                                                               "accuracy": 62.0, "finished": "2026-11-28T04:25:00"}
     assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
                                        "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
+                                       "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048",
                                        "transformers_gsm8k_continuous"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
@@ -68,13 +73,14 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
     p = collect(tmp_path)
     assert p["missing"] == gone and list(p["eval_variants"]) == [
         "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
-        "transformers_gsm8k_continuous"]
+        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous"]
     assert p["openrlhf"]["fast"] is None and p["openrlhf"]["fast_micro_batch_16"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
+    assert p["transformers_decode_steps"] is None
 
 
 def test_no_finished_stage_is_one_error(tmp_path):
@@ -82,32 +88,20 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect(tmp_path)
 
 
-@pytest.mark.parametrize("stages, expected", [
-    ("openrlhf", ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16"]),
-    ("transformers,openrlhf", ["full-vllm-draw", "upft-transformers", "full-transformers", "eval-transformers-cold",
-                               "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16"]),
-    ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
-    ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
-    ("vllm-variants", ["eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "eval-vllm-seqs512-cold", "eval-vllm-seqs512",
-                       "eval-vllm-graphs1024-cold", "eval-vllm-graphs1024"]),
-    (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw", "upft-vllm-engine",
-            "full-vllm-engine", "upft-transformers", "full-transformers", "eval-transformers-cold",
-            "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
-            "eval-vllm-seqs2048-cold", "eval-vllm-seqs2048", "eval-vllm-seqs512-cold", "eval-vllm-seqs512",
-            "eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "upft-transformers-cb", "full-transformers-cb",
-            "eval-transformers-cb", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast",
-            "openrlhf-fast16"]),
-])
-def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
-    """bench.sh's STAGES: a lease with little time left runs one group (the OpenRLHF runs first draw
-    the full samples their training set is built from). The GPU programs are stand-ins that log
-    their output folder; the figures come from a lease."""
+OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16"]
+VLLM_VARIANTS = ["eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "eval-vllm-seqs2048-graphs2048-cold",
+                 "eval-vllm-seqs2048-graphs2048"]
+
+
+def _bench_sh(tmp_path: Path, stages: str | None):
+    """bench.sh with stand-ins for the GPU programs, each logging the folder it would write (the value
+    after --out) to tmp_path/log."""
     import os
     import subprocess
 
     log, bin_ = tmp_path / "log", tmp_path / "bin"
     bin_.mkdir()
-    for name in ("python", "bash"):  # each logs the folder it would write: the value after --out
+    for name in ("python", "bash"):
         (bin_ / name).write_text(f'#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = --out ] && echo "$2" >> {log}; '
                                  f'shift; done\nexit 0\n')
         (bin_ / name).chmod(0o755)
@@ -116,5 +110,47 @@ def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     if stages:
         env["STAGES"] = stages
     repo = Path(__file__).resolve().parents[1]
-    subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, check=True, cwd=tmp_path)
-    assert [Path(x).name for x in log.read_text().split()] == expected
+    return subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("stages, expected", [
+    ("openrlhf", OPENRLHF),
+    ("transformers,openrlhf", ["upft-transformers", "full-transformers", "eval-transformers-cold", *OPENRLHF]),
+    ("openrlhf transformers", [*OPENRLHF, "upft-transformers", "full-transformers", "eval-transformers-cold"]),
+    ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
+    ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
+    ("vllm-variants", VLLM_VARIANTS),
+    ("decode-steps", ["decode_steps.json"]),
+    (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
+            "upft-transformers", "full-transformers", "eval-transformers-cold",
+            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *OPENRLHF,
+            "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
+            "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json"]),
+])
+def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
+    """bench.sh's STAGES: a lease with little time left runs the groups it names, in that order (the
+    OpenRLHF runs first draw the full samples their training set is built from)."""
+    assert _bench_sh(tmp_path, stages).returncode == 0
+    assert [Path(x).name for x in (tmp_path / "log").read_text().split()] == expected
+
+
+def test_bench_refuses_an_unknown_group_before_running_any(tmp_path):
+    done = _bench_sh(tmp_path, "vllm,transformer")
+    assert done.returncode == 2 and done.stderr.startswith("error: unknown STAGES group 'transformer'")
+    assert not (tmp_path / "log").exists() and not (tmp_path / "runs").exists()
+
+
+def test_decode_steps_times_every_step_of_a_stopped_generate(model_path, tok):
+    """scripts/gpu/decode_steps.py's measurement on the real model (CPU, dynamic cache): the run stops
+    after the steps asked for, however far the decode could go, and times each of them."""
+    from decode_steps import run
+
+    from upft.models import end_of_turn_id, load_model
+
+    model = load_model(model_path, "cpu").eval()
+    prompts = [tok("What is 2 + 3?").input_ids, tok("Name a prime number above ten.").input_ids]
+    never = len(tok) - 1  # a stop id the model does not produce here, so nothing ends the decode early
+    assert never != end_of_turn_id(tok)
+    r = run(model, prompts, "never", 6, [never], tok.pad_token_id)
+    assert (r["rows"], r["cache"], r["steps"]) == (2, "dynamic", 6) and 0 < r["step_ms"] < 1000 * r["wall_s"]

@@ -18,7 +18,7 @@ import pytest
 from upft.backends import make_backend
 from upft.generation import GenRequest, TransformersBackend
 from upft.errors import UserError
-from upft.vllm_backend import engine_args, gpu_groups, prompt_input, sampling_kwargs, to_result
+from upft.vllm_backend import engine_args, gpu_groups, longest_first, prompt_input, sampling_kwargs, to_result
 
 STOP = [2, 7]
 GREEDY = GenRequest("q1#0", (5, 6, 7, 8), max_new_tokens=64, seed=11)
@@ -54,6 +54,14 @@ def test_stop_token_is_dropped_and_text_decoded_from_the_rest(tok):
 def test_unexpected_endings_are_errors(tok, ids, reason):
     with pytest.raises(RuntimeError):
         to_result("k", ids, reason, STOP, tok)
+
+
+def test_longest_decodes_reach_the_engine_first_and_order_is_otherwise_kept():
+    # a UPFT pass in question order: prefixes (32 tokens) around two full draws (512), two draws of q3
+    reqs = [GenRequest(k, (5,), n, 0.6, seed=i) for i, (k, n) in enumerate(
+        [("q1#0", 32), ("q2#0", 512), ("q3#0", 32), ("q3#1", 32), ("q4#0", 512), ("q5#0", 32)])]
+    items = [(r.key, prompt_input(r), sampling_kwargs(r, STOP)) for r in reqs]
+    assert [key for key, _, _ in longest_first(items)] == ["q2#0", "q4#0", "q1#0", "q3#0", "q3#1", "q5#0"]
 
 
 def test_gpu_groups(monkeypatch):

@@ -115,6 +115,17 @@ def gpu_groups(tensor_parallel_size: int, data_parallel_size: int) -> list[str]:
     return [",".join(ids[r * tp:(r + 1) * tp]) for r in range(dp)]
 
 
+def longest_first(items: list[tuple]) -> list[tuple]:
+    """``(key, prompt, sampling kwargs)`` items in the order an engine should receive them: the
+    longest decodes (``max_tokens``) first, otherwise as given.
+
+    vLLM admits requests first come, first served. UPFT's pass mixes a few full-length draws with many
+    L-token prefixes, and it lasts as long as its longest draw: submitted in question order, a full draw
+    behind a thousand prefixes starts only once slots free up, and its hundreds of sequential steps
+    then run after the prefixes are done instead of beside them."""
+    return sorted(items, key=lambda item: -item[2]["max_tokens"])
+
+
 def _serve(gpus: str, engine: dict, inbox, results) -> None:
     """A worker: one engine on ``gpus``, running each shard it is sent chunk by chunk."""
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before vLLM (and CUDA) start in this process
@@ -126,11 +137,12 @@ def _serve(gpus: str, engine: dict, inbox, results) -> None:
     while (job := inbox.recv()) is not None:  # EOFError (and exit) if the parent is gone
         chunk_size, items = job
         for i in range(0, len(items), chunk_size):
-            part = items[i:i + chunk_size]
+            part = longest_first(items[i:i + chunk_size])
             outs = llm.generate([p for _, p, _ in part], [SamplingParams(**s) for _, _, s in part],
                                 use_tqdm=False)
-            results.put(("chunk", [(key, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
-                                   for (key, _, _), o in zip(part, outs)]))
+            done = {key: (key, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
+                    for (key, _, _), o in zip(part, outs)}
+            results.put(("chunk", [done[key] for key, _, _ in items[i:i + chunk_size]]))  # in request order
         results.put(("done", None))
 
 

@@ -7,6 +7,7 @@ Sampling and evaluation times are the stages' own (decoding and grading), with t
 ``transformers_eager``, ``transformers_continuous`` (sampling) and ``eval_variants`` are the same
 stages with a setting that may be faster (``--compile-decode never``, ``--continuous-batching``,
 ``--max-num-seqs``, ``--max-cudagraph-size``): a default changes only after they win.
+``transformers_decode_steps`` is scripts/gpu/decode_steps.py's step times, where it ran.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
 """
 
@@ -47,6 +48,7 @@ def collect(runs: Path) -> dict:
                 "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
                 "vllm_gsm8k_max_num_seqs_512": "eval-vllm-seqs512",
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
+                "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048": "eval-vllm-seqs2048-graphs2048",
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
     trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16")
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
@@ -80,6 +82,8 @@ def collect(runs: Path) -> dict:
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
                      **{key: _fast(runs, name) if {"openrlhf-1", name} <= done else None
                         for key, name in (("fast", "openrlhf-fast"), ("fast_micro_batch_16", "openrlhf-fast16"))}},
+        "transformers_decode_steps": read_json(runs / "decode_steps.json")["results"]
+        if (runs / "decode_steps.json").is_file() else None,
     }
 
 

@@ -1,0 +1,93 @@
+"""Where the transformers backend's decoding time goes: the wall time of one decoding step of
+``generate``, by batch size, with the dynamic KV cache (no compile) and with the static cache that
+our backend compiles for long decodes (``upft.generation.generation_config``).
+
+If a step of 200 rows costs about what a step of 1319 rows costs, decoding is bound by a per-step
+cost (Python, kernel launches, a sync) and not by the GPU's work, and UPFT's few full-length draws
+cost nearly as much as a batch of all of them. GSM8K test prompts, greedy, as the evaluation runs;
+each run stops after ``--steps`` steps (a stopping criterion, so the static cache keeps the shape of
+a 512-token decode) and a logits processor stamps the time of every step.
+
+  python scripts/gpu/decode_steps.py --model M --data ../shared/data --out decode_steps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from upft.data import load_benchmark
+from upft.errors import cli
+from upft.generation import generation_config
+from upft.manifests import environment
+from upft.models import end_of_turn_id, load_model, load_tokenizer, plain_generation_config, resolve_model
+from upft.prompts import messages, render
+from upft.runio import write_json
+
+
+class Clock(LogitsProcessor):
+    """Stamps the time each step's logits arrive (``generate`` has synchronised by then)."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+class StopAfter(StoppingCriteria):
+    def __init__(self, steps: int):
+        self.steps, self.seen = steps, 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.seen += 1
+        return torch.full((input_ids.shape[0],), self.seen >= self.steps, dtype=torch.bool, device=input_ids.device)
+
+
+def run(model, prompts: list[list[int]], compile_decode: str, steps: int, stop_ids: list[int], pad: int) -> dict:
+    """One greedy ``generate`` over ``prompts`` (left-padded), stopped after ``steps`` steps."""
+    config = generation_config(512, 0.0, 1.0, 0, stop_ids, pad, model.device.type, compile_decode)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = (torch.arange(width, device=model.device)[None] >= torch.tensor(
+        [width - len(p) for p in prompts], device=model.device)[:, None]).long()
+    clock, t0 = Clock(), time.perf_counter()
+    with torch.inference_mode(), plain_generation_config(model):
+        model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                       logits_processor=[clock], stopping_criteria=[StopAfter(steps)])
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    gaps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][len(clock.stamps) // 4:]  # past warm-up
+    return {"rows": len(prompts), "cache": "static, compiled" if compile_decode == "always" else "dynamic",
+            "steps": len(clock.stamps), "wall_s": round(time.perf_counter() - t0, 2),
+            "first_step_s": round(clock.stamps[0] - t0, 2), "step_ms": round(1000 * statistics.median(gaps), 1) if gaps else None}
+
+
+def main(argv: list[str] | None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True, help="the benchmark mirror (its gsm8k/ folder)")
+    ap.add_argument("--rows", type=int, nargs="+", default=[200, 1319])
+    ap.add_argument("--steps", type=int, default=96)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    path = resolve_model(a.model)
+    tok, model = load_tokenizer(path), load_model(path, "cuda", "auto").eval()
+    questions = load_benchmark("gsm8k", a.data)
+    prompts = sorted((render(tok, messages(q.text, "boxed"))[1] for q in questions), key=len, reverse=True)
+    results = []
+    for compile_decode in ("never", "always"):
+        for rows in a.rows:
+            results.append(run(model, prompts[:rows], compile_decode, a.steps, [end_of_turn_id(tok)],
+                               tok.pad_token_id))
+            print(results[-1], flush=True)
+    write_json(a.out, {"environment": environment(), "model": a.model, "results": results})
+
+
+if __name__ == "__main__":
+    cli(main)
