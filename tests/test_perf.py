@@ -144,7 +144,7 @@ def test_bench_refuses_an_unknown_group_before_running_any(tmp_path):
 def test_decode_steps_times_every_step_of_a_stopped_generate(model_path, tok):
     """scripts/gpu/decode_steps.py's measurement on the real model (CPU, dynamic cache): the run stops
     after the steps asked for, however far the decode could go, and times each of them."""
-    from decode_steps import run
+    from decode_steps import profile, run
 
     from upft.models import end_of_turn_id, load_model
 
@@ -154,3 +154,32 @@ def test_decode_steps_times_every_step_of_a_stopped_generate(model_path, tok):
     assert never != end_of_turn_id(tok)
     r = run(model, prompts, "never", 6, [never], tok.pad_token_id)
     assert (r["rows"], r["cache"], r["steps"]) == (2, "dynamic", 6) and 0 < r["step_ms"] < 1000 * r["wall_s"]
+    ops = profile(model, prompts, "never", [never], tok.pad_token_id, top=40)
+    assert len(ops) == 40 and ops[0]["self_cpu_ms"] >= ops[-1]["self_cpu_ms"] > 0
+    assert {"aten::mm", "aten::bmm"} & {op["op"] for op in ops}  # the model's own matrix products are in it
+
+
+def test_pack_takes_the_figures_and_leaves_samples_weights_and_caches(tmp_path):
+    """scripts/gpu/pack.sh, run in every progress call of a lease: what comes back is what perf.py
+    and the README read, small enough for the trip (no samples, model files or compile caches)."""
+    import subprocess
+    import tarfile
+
+    runs = tmp_path / "runs"
+    keep = ["eval-vllm-cold/manifest.json", "eval-vllm-cold/summary.json", "eval-vllm-cold/gsm8k.summary.json",
+            "prep-sft/stats.json", "openrlhf-1/train_log.jsonl", "openrlhf-2.tmp/openrlhf.log", "chain.log",
+            "decode_steps.json"]
+    leave = ["upft-vllm-draw/samples.jsonl", "openrlhf-1/tokenizer.json", "openrlhf-1/model.safetensors",
+             "vllm-cache/torch_compile_cache/manifest.json", "inductor-cold/x/summary.json"]
+    for name in keep + leave:
+        (runs / name).parent.mkdir(parents=True, exist_ok=True)
+        (runs / name).write_text("{}")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu" / "pack.sh"
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(["bash", str(script), str(runs), "out/bench.tgz"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(tmp_path / "out" / "bench.tgz") as tar:
+        assert sorted(n.removeprefix("./") for n in tar.getnames()) == sorted(keep)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.tgz"]
+    missing = subprocess.run(["bash", str(script), str(tmp_path / "nowhere"), "b.tgz"], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no run folder")

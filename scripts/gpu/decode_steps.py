@@ -6,7 +6,9 @@ If a step of 200 rows costs about what a step of 1319 rows costs, decoding is bo
 cost (Python, kernel launches, a sync) and not by the GPU's work, and UPFT's few full-length draws
 cost nearly as much as a batch of all of them. GSM8K test prompts, greedy, as the evaluation runs;
 each run stops after ``--steps`` steps (a stopping criterion, so the static cache keeps the shape of
-a 512-token decode) and a logits processor stamps the time of every step.
+a 512-token decode) and a logits processor stamps the time of every step. Each run is then repeated
+for a few steps under torch's profiler (compiled already), whose costliest operations say where a
+step's time goes.
 
   python scripts/gpu/decode_steps.py --model M --data ../shared/data --out decode_steps.json
 """
@@ -68,6 +70,20 @@ def run(model, prompts: list[list[int]], compile_decode: str, steps: int, stop_i
             "first_step_s": round(clock.stamps[0] - t0, 2), "step_ms": round(1000 * statistics.median(gaps), 1) if gaps else None}
 
 
+def profile(model, prompts: list[list[int]], compile_decode: str, stop_ids: list[int], pad: int,
+            top: int = 15) -> list[dict]:
+    """The ``top`` operations by their own CPU time over a short repeat of ``run`` (prefill and 12 steps)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        run(model, prompts, compile_decode, 12, stop_ids, pad)
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [{"op": e.key, "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1),
+             "cpu_total_ms": round(e.cpu_time_total / 1000, 1),
+             "device_ms": round(getattr(e, "device_time_total", 0.0) / 1000, 1)} for e in rows]
+
+
 def main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -83,9 +99,10 @@ def main(argv: list[str] | None) -> None:
     results = []
     for compile_decode in ("never", "always"):
         for rows in a.rows:
-            results.append(run(model, prompts[:rows], compile_decode, a.steps, [end_of_turn_id(tok)],
-                               tok.pad_token_id))
+            stop = [end_of_turn_id(tok)]
+            results.append(run(model, prompts[:rows], compile_decode, a.steps, stop, tok.pad_token_id))
             print(results[-1], flush=True)
+            results[-1]["profile"] = profile(model, prompts[:rows], compile_decode, stop, tok.pad_token_id)
     write_json(a.out, {"environment": environment(), "model": a.model, "results": results})
 
 
