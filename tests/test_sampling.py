@@ -76,6 +76,31 @@ def test_only_long_gpu_decodes_are_compiled():
     assert generation_config(512, 0.6, 0.95, 0, [2], 0, "cpu", "always").cache_implementation is None
 
 
+def test_compiled_decodes_get_batches_of_one_shape():
+    """A compiled step is compiled again for each new batch shape (rows, and the static cache's length:
+    prompt width + max_new_tokens): a compiled group's batches share one, topped up and padded."""
+    from upft.generation import batches
+
+    reqs = [GenRequest(f"q{i}#0", tuple(range(30 - i)), 512) for i in range(10)]  # longest prompt first
+    shaped = batches(reqs, 4, uniform=True)  # 10 rows, at most 4 a batch: 3 batches of 4, not 4 + 4 + 2
+    assert [len(b) for b, _ in shaped] == [4, 4, 4] and {w for _, w in shaped} == {30}
+    assert [r.key for b, _ in shaped for r in b] == [r.key for r in reqs] + ["q9#0", "q9#0"]
+    assert [[r.key for r in b] for b, _ in batches(reqs, 5, uniform=True)] == [
+        [r.key for r in reqs[:5]], [r.key for r in reqs[5:]]]  # nothing to top up
+    plain = batches(reqs, 4, uniform=False)
+    assert [len(b) for b, _ in plain] == [4, 4, 2] and [w for _, w in plain] == [30, 26, 22]
+    assert len(batches(reqs[:1], 4, uniform=True)) == 1
+
+
+def test_a_padded_topped_up_batch_answers_each_request_once_as_alone(backend):
+    """A batch as ``batches`` makes it for a compiled decode (a request repeated, all prompts padded to a
+    wider width): one result per request, the greedy tokens of the same request decoded on its own."""
+    reqs = [GenRequest(q.id, tuple(backend.tokenizer(q.text).input_ids), 6) for q in QUESTIONS[:2]]
+    alone = [backend._run([r], len(r.prompt_ids), 6, 0.0, 1.0, 0)[0] for r in reqs]
+    both = backend._run([*reqs, reqs[1]], 40, 6, 0.0, 1.0, 0)
+    assert [(r.key, r.token_ids) for r in both] == [(r.key, r.token_ids) for r in alone]
+
+
 def test_continuous_batching_decodes_what_batches_do(model_path, tok, backend):
     """--continuous-batching hands the rows to transformers' manager (a row leaves when it ends, each
     with its own max_new_tokens, so UPFT's prefixes and full draws share one pass): greedy, it must give

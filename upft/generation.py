@@ -40,6 +40,32 @@ class GenResult:
 COMPILE_MIN_STEPS = 256  # decodes at least this long use a static KV cache (compiled on a GPU)
 
 
+def compiles(max_new: int, device_type: str, compile_decode: str = "auto") -> bool:
+    """Whether a decode of ``max_new`` tokens gets a static KV cache and a compiled step (see
+    generation_config): on a GPU, for long decodes, unless ``compile_decode`` says otherwise."""
+    wanted = compile_decode == "always" or (compile_decode == "auto" and max_new >= COMPILE_MIN_STEPS)
+    return device_type == "cuda" and wanted
+
+
+def batches(reqs: list[GenRequest], size: int, uniform: bool) -> list[tuple[list[GenRequest], int]]:
+    """``reqs`` (sorted longest prompt first) in batches of at most ``size``, each with the width its
+    prompts are left-padded to (``decode``'s ``width``).
+
+    A compiled decode step is compiled for its shapes: the batch's rows and its static KV cache's length
+    (prompt width + max_new_tokens). A batch of another shape compiles the step again, tens of seconds on
+    a GPU, once per new shape (a run of 2000 rows in batches of 512 compiled for 512 rows, then for the
+    last 464). ``uniform`` batches share one shape: as many batches as ``size`` needs, of equal rows (the
+    last one topped up with copies of its last request, whose results the caller drops) and all padded
+    to the group's longest prompt. Otherwise each batch is as wide as its own longest prompt."""
+    if not uniform:
+        return [(reqs[i:i + size], len(reqs[i].prompt_ids)) for i in range(0, len(reqs), size)]
+    n = -(-len(reqs) // size)
+    rows, width = -(-len(reqs) // n), len(reqs[0].prompt_ids)
+    out = [reqs[i:i + rows] for i in range(0, len(reqs), rows)]
+    out[-1] = out[-1] + [out[-1][-1]] * (rows - len(out[-1]))
+    return [(b, width) for b in out]
+
+
 def generation_config(max_new: int, temperature: float, top_p: float, top_k: int, stop_ids: list[int],
                       pad: int, device_type: str, compile_decode: str = "auto"):
     """The decoding settings of one batch, and nothing else (no model default leaks in).
@@ -54,8 +80,7 @@ def generation_config(max_new: int, temperature: float, top_p: float, top_k: int
     which YAML reads as booleans)."""
     from transformers import GenerationConfig
 
-    wanted = compile_decode == "always" or (compile_decode == "auto" and max_new >= COMPILE_MIN_STEPS)
-    sample, static = temperature > 0, device_type == "cuda" and wanted
+    sample, static = temperature > 0, compiles(max_new, device_type, compile_decode)
     return GenerationConfig(
         max_new_tokens=max_new, do_sample=sample, num_beams=1,
         temperature=temperature if sample else None, top_p=top_p if sample else None,
@@ -69,14 +94,15 @@ def split_at_stop(tokens: list[int], stop: set[int]) -> tuple[list[int], bool]:
     return (tokens, False) if cut is None else (tokens[:cut], True)
 
 
-def decode(model, prompts: list[list[int]], config) -> list[tuple[list[int], bool]]:
-    """One left-padded batch through ``generate`` (all prompts end at the same column): each
-    answer's new ids up to its first stop id (``config.eos_token_id``), and whether it stopped."""
+def decode(model, prompts: list[list[int]], config, width: int = 0) -> list[tuple[list[int], bool]]:
+    """One batch through ``generate``, left-padded to ``width`` (at least its longest prompt), so all
+    prompts end at the same column: each answer's new ids up to its first stop id
+    (``config.eos_token_id``), and whether it stopped."""
     import torch
 
     from upft.models import plain_generation_config
 
-    stop, pad, width = set(config.eos_token_id), config.pad_token_id, max(map(len, prompts))
+    stop, pad, width = set(config.eos_token_id), config.pad_token_id, max(width, *map(len, prompts))
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     with torch.inference_mode(), plain_generation_config(model):  # nothing unset comes from the model's config
@@ -122,7 +148,9 @@ class TransformersBackend:
             if self.continuous_batching:
                 chunks = self._run_continuous(reqs, *params)
             else:  # decode() runs under inference_mode
-                chunks = (self._run(reqs[i:i + self.batch_size], *params) for i in range(0, len(reqs), self.batch_size))
+                uniform = compiles(params[0], self.model.device.type, self.compile_decode)
+                chunks = (self._run(batch, width, *params)
+                          for batch, width in batches(reqs, self.batch_size, uniform))
             for results in chunks:
                 done += len(results)
                 new_tokens += sum(len(r.token_ids) for r in results)
@@ -175,13 +203,17 @@ class TransformersBackend:
                         yield chunk
                         chunk = []
 
-    def _run(self, batch: list[GenRequest], max_new: int, temperature: float, top_p: float,
+    def _run(self, batch: list[GenRequest], width: int, max_new: int, temperature: float, top_p: float,
              top_k: int) -> list[GenResult]:
+        """One batch (see ``batches``: a topped-up batch repeats a request, whose copies are dropped)."""
         import torch
 
         config = generation_config(max_new, temperature, top_p, top_k, self.stop_ids, self.tokenizer.pad_token_id,
                                    self.model.device.type, self.compile_decode)
         if temperature > 0:
             torch.manual_seed(request_seed(*(r.seed for r in batch)))
-        return [self._result(r, tokens, ended)
-                for r, (tokens, ended) in zip(batch, decode(self.model, [r.prompt_ids for r in batch], config))]
+        out = decode(self.model, [r.prompt_ids for r in batch], config, width)
+        results: dict[str, GenResult] = {}
+        for r, (tokens, ended) in zip(batch, out):
+            results.setdefault(r.key, self._result(r, tokens, ended))  # a top-up copy's result is dropped
+        return list(results.values())
