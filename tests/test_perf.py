@@ -183,3 +183,28 @@ def test_pack_takes_the_figures_and_leaves_samples_weights_and_caches(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.tgz"]
     missing = subprocess.run(["bash", str(script), str(tmp_path / "nowhere"), "b.tgz"], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no run folder")
+
+
+@pytest.mark.parametrize("tar_rc, rc", [(1, 0), (2, 2)])
+def test_pack_survives_a_file_changing_under_it_and_reports_worse(tmp_path, tar_rc, rc):
+    """tar exits 1 when a running stage's log grows while it reads it: the archive is still good and
+    replaces the last one. Anything worse is an error line, exit status, and nothing half-made left."""
+    import os
+    import shutil
+    import subprocess
+
+    runs, out, bin_ = tmp_path / "runs", tmp_path / "out", tmp_path / "bin"
+    for d in (runs / "eval", out, bin_):
+        d.mkdir(parents=True)
+    (runs / "eval" / "manifest.json").write_text("{}")
+    (bin_ / "tar").write_text(f'#!/bin/sh\n{shutil.which("tar")} "$@"\nexit {tar_rc}\n')
+    (bin_ / "tar").chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu" / "pack.sh"
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(script), str(runs), str(out / "b.tgz")], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == rc
+    if rc:
+        assert done.stderr.startswith("error: tar failed (2)") and list(out.iterdir()) == []
+    else:
+        assert [p.name for p in out.iterdir()] == ["b.tgz"]

@@ -97,8 +97,41 @@ def test_a_padded_topped_up_batch_answers_each_request_once_as_alone(backend):
     wider width): one result per request, the greedy tokens of the same request decoded on its own."""
     reqs = [GenRequest(q.id, tuple(backend.tokenizer(q.text).input_ids), 6) for q in QUESTIONS[:2]]
     alone = [backend._run([r], len(r.prompt_ids), 6, 0.0, 1.0, 0)[0] for r in reqs]
-    both = backend._run([*reqs, reqs[1]], 40, 6, 0.0, 1.0, 0)
+    generate, shapes = backend.model.generate, []
+
+    def watched(input_ids, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return generate(input_ids=input_ids, **kwargs)
+
+    backend.model.generate = watched
+    try:
+        both = backend._run([*reqs, reqs[1]], 40, 6, 0.0, 1.0, 0)
+    finally:
+        del backend.model.generate  # the model's own method again
+    assert shapes == [(3, 40)]  # three rows, padded to the width asked for
     assert [(r.key, r.token_ids) for r in both] == [(r.key, r.token_ids) for r in alone]
+
+
+def test_a_compiled_group_is_decoded_in_batches_of_one_shape(backend, monkeypatch):
+    """The backend's path for a compiled decode (a GPU's; here forced on the CPU, uncompiled): five
+    requests at batch size 2 decode as three batches of two rows, all as wide as the longest prompt,
+    and each request is answered once."""
+    import upft.generation as generation
+
+    seen = []
+    real_decode = generation.decode
+
+    def watched(model, prompts, config, width=0):
+        seen.append((len(prompts), width))
+        return real_decode(model, prompts, config, width)
+
+    monkeypatch.setattr(generation, "compiles", lambda *args: True)
+    monkeypatch.setattr(generation, "decode", watched)
+    reqs = [GenRequest(q.id, tuple(backend.tokenizer(q.text).input_ids), 4) for q in QUESTIONS[:5]]
+    chunks = list(backend.generate(reqs))
+    longest = max(len(r.prompt_ids) for r in reqs)
+    assert seen == [(2, longest)] * 3 and [len(c) for c in chunks] == [2, 2, 1]
+    assert sorted(r.key for c in chunks for r in c) == sorted(r.key for r in reqs)
 
 
 def test_continuous_batching_decodes_what_batches_do(model_path, tok, backend):

@@ -56,12 +56,30 @@ def test_unexpected_endings_are_errors(tok, ids, reason):
         to_result("k", ids, reason, STOP, tok)
 
 
-def test_longest_decodes_reach_the_engine_first_and_order_is_otherwise_kept():
-    # a UPFT pass in question order: prefixes (32 tokens) around two full draws (512), two draws of q3
-    reqs = [GenRequest(k, (5,), n, 0.6, seed=i) for i, (k, n) in enumerate(
+def test_longest_decodes_reach_the_engine_first_and_results_keep_request_order():
+    """A UPFT pass in question order (prefixes of 32 tokens around two full draws of 512, two draws of
+    q3): the engine gets the full draws first, the rest as given, and the results come back in
+    request order. The engine is a stand-in (vLLM's needs a GPU) that answers each prompt with its
+    own ids and records what it was sent."""
+    from types import SimpleNamespace
+
+    from upft.vllm_backend import run_part
+
+    reqs = [GenRequest(k, (i,), n, 0.6, seed=i) for i, (k, n) in enumerate(
         [("q1#0", 32), ("q2#0", 512), ("q3#0", 32), ("q3#1", 32), ("q4#0", 512), ("q5#0", 32)])]
     items = [(r.key, prompt_input(r), sampling_kwargs(r, STOP)) for r in reqs]
-    assert [key for key, _, _ in longest_first(items)] == ["q2#0", "q4#0", "q1#0", "q3#0", "q3#1", "q5#0"]
+    assert longest_first(items) == [1, 4, 0, 2, 3, 5]
+
+    class Engine:
+        def generate(self, prompts, params, use_tqdm):
+            self.sent = [(p["prompt_token_ids"][0], s["max_tokens"]) for p, s in zip(prompts, params)]
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[p["prompt_token_ids"][0], 7],
+                                                             finish_reason="stop")]) for p in prompts]
+
+    engine = Engine()
+    rows = run_part(engine, dict, items)
+    assert engine.sent == [(1, 512), (4, 512), (0, 32), (2, 32), (3, 32), (5, 32)]
+    assert rows == [(r.key, [r.prompt_ids[0], 7], "stop") for r in reqs]
 
 
 def test_gpu_groups(monkeypatch):

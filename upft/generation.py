@@ -57,7 +57,7 @@ def batches(reqs: list[GenRequest], size: int, uniform: bool) -> list[tuple[list
     last 464). ``uniform`` batches share one shape: as many batches as ``size`` needs, of equal rows (the
     last one topped up with copies of its last request, whose results the caller drops) and all padded
     to the group's longest prompt. Otherwise each batch is as wide as its own longest prompt."""
-    if not uniform:
+    if not uniform or not reqs:
         return [(reqs[i:i + size], len(reqs[i].prompt_ids)) for i in range(0, len(reqs), size)]
     n = -(-len(reqs) // size)
     rows, width = -(-len(reqs) // n), len(reqs[0].prompt_ids)

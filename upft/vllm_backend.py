@@ -115,17 +115,17 @@ def gpu_groups(tensor_parallel_size: int, data_parallel_size: int) -> list[str]:
     return [",".join(ids[r * tp:(r + 1) * tp]) for r in range(dp)]
 
 
-def longest_first(items: list[tuple]) -> list[tuple]:
-    """``(key, prompt, sampling kwargs)`` items in the order an engine should receive them: the
-    longest decodes (``max_tokens``) first, otherwise as given.
+def longest_first(items: list[tuple]) -> list[int]:
+    """The order in which an engine should receive ``(key, prompt, sampling kwargs)`` items, as indices:
+    the longest decodes (``max_tokens``) first, otherwise as given.
 
     vLLM admits requests first come, first served. UPFT's pass mixes a few full-length draws with many
-    L-token prefixes, and it lasts as long as its longest draw: submitted in question order, a full draw
-    behind a thousand prefixes starts only once slots free up, and its hundreds of sequential steps
-    then run after the prefixes are done instead of beside them. On one H200 (lease 8) the pass was
-    bound by throughput instead (8.8 s for 2000 questions, at the full pass's tokens/s): this order
-    shortens only a pass whose longest draw is the limit."""
-    return sorted(items, key=lambda item: -item[2]["max_tokens"])
+    L-token prefixes, and it lasts at least as long as its longest draw: submitted in question order, a
+    full draw behind a thousand prefixes starts only once slots free up, and its hundreds of sequential
+    steps then run after the prefixes are done instead of beside them. On one H200 (lease 8) the pass
+    took 8.8 s this way, at about the full pass's tokens/s (15.4K against 16.5K): there it was bound by
+    throughput, and this order can shorten only a pass whose longest draw is the limit."""
+    return sorted(range(len(items)), key=lambda i: -items[i][2]["max_tokens"])
 
 
 def _serve(gpus: str, engine: dict, inbox, results) -> None:
@@ -139,13 +139,19 @@ def _serve(gpus: str, engine: dict, inbox, results) -> None:
     while (job := inbox.recv()) is not None:  # EOFError (and exit) if the parent is gone
         chunk_size, items = job
         for i in range(0, len(items), chunk_size):
-            part = longest_first(items[i:i + chunk_size])
-            outs = llm.generate([p for _, p, _ in part], [SamplingParams(**s) for _, _, s in part],
-                                use_tqdm=False)
-            done = {key: (key, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
-                    for (key, _, _), o in zip(part, outs)}
-            results.put(("chunk", [done[key] for key, _, _ in items[i:i + chunk_size]]))  # in request order
+            results.put(("chunk", run_part(llm, SamplingParams, items[i:i + chunk_size])))
         results.put(("done", None))
+
+
+def run_part(llm, sampling_params, items: list[tuple]) -> list[tuple]:
+    """One ``llm.generate`` over ``items`` (longest decodes first): ``(key, token ids, finish reason)``
+    per item, in the order of ``items``."""
+    order = longest_first(items)
+    outs = llm.generate([items[i][1] for i in order], [sampling_params(**items[i][2]) for i in order], use_tqdm=False)
+    rows: list[tuple] = [()] * len(items)
+    for i, o in zip(order, outs):
+        rows[i] = (items[i][0], list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
+    return rows
 
 
 class VLLMBackend:

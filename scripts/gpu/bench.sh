@@ -94,7 +94,7 @@ continuous() {  # transformers' continuous batching: rows leave when done, each 
 }
 decode-steps() {
   [ -f "$RUNS/decode_steps.json" ] ||
-    TORCHINDUCTOR_CACHE_DIR="$RUNS/inductor-cold" python scripts/gpu/decode_steps.py --model "$MODEL" --data "$DATA" \
+    TORCHINDUCTOR_CACHE_DIR="$RUNS/inductor-decode-steps" python scripts/gpu/decode_steps.py --model "$MODEL" --data "$DATA" \
       --out "$RUNS/decode_steps.json"
 }
 

@@ -12,5 +12,11 @@ cd "$runs"
 find . \( -name 'vllm-cache*' -o -name 'inductor-*' \) -prune -o -type f \( -name manifest.json -o -name '*summary.json' \
   -o -name stats.json -o -name decode_steps.json -o -name train_log.jsonl -o -name '*.log' -o -name 'log-*' \) -print |
   sort > "$out.list"  # *.log: a training run's openrlhf.log too, while it is still in OUT.tmp
-tar -czf "$out.part" -T "$out.list" && rm "$out.list" && mv "$out.part" "$out"
+# a stage still running may grow or rename a file while tar reads it: tar then exits 1 (changed) or
+# warns (gone, with --ignore-failed-read) and packs the rest; anything worse is an error
+rc=0
+tar --ignore-failed-read -czf "$out.part" -T "$out.list" || rc=$?
+[ "$rc" -le 1 ] || { echo "error: tar failed ($rc) packing $runs" >&2; rm -f "$out.part" "$out.list"; exit "$rc"; }
+rm "$out.list"
+mv "$out.part" "$out"
 echo "packed $(tar -tzf "$out" | wc -l) files of $runs into $out"
