@@ -94,10 +94,11 @@ def split_at_stop(tokens: list[int], stop: set[int]) -> tuple[list[int], bool]:
     return (tokens, False) if cut is None else (tokens[:cut], True)
 
 
-def decode(model, prompts: list[list[int]], config, width: int = 0) -> list[tuple[list[int], bool]]:
+def decode(model, prompts: list[list[int]], config, width: int = 0, **generate_kwargs) -> list[tuple[list[int], bool]]:
     """One batch through ``generate``, left-padded to ``width`` (at least its longest prompt), so all
     prompts end at the same column: each answer's new ids up to its first stop id
-    (``config.eos_token_id``), and whether it stopped."""
+    (``config.eos_token_id``), and whether it stopped. ``generate_kwargs`` go to ``generate`` too
+    (scripts/gpu/decode_steps.py's clock and stopping rule)."""
     import torch
 
     from upft.models import plain_generation_config
@@ -106,7 +107,7 @@ def decode(model, prompts: list[list[int]], config, width: int = 0) -> list[tupl
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     with torch.inference_mode(), plain_generation_config(model):  # nothing unset comes from the model's config
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **generate_kwargs)
     return [split_at_stop(row, stop) for row in out[:, width:].tolist()]
 
 

@@ -24,9 +24,9 @@ from transformers import LogitsProcessor, StoppingCriteria
 
 from upft.data import load_benchmark
 from upft.errors import cli
-from upft.generation import generation_config
+from upft.generation import decode, generation_config
 from upft.manifests import environment
-from upft.models import end_of_turn_id, load_model, load_tokenizer, plain_generation_config, resolve_model
+from upft.models import end_of_turn_id, load_model, load_tokenizer, resolve_model
 from upft.prompts import messages, render
 from upft.runio import write_json
 
@@ -52,16 +52,11 @@ class StopAfter(StoppingCriteria):
 
 
 def run(model, prompts: list[list[int]], compile_decode: str, steps: int, stop_ids: list[int], pad: int) -> dict:
-    """One greedy ``generate`` over ``prompts`` (left-padded), stopped after ``steps`` steps."""
+    """One greedy decode of ``prompts`` as the backend runs it (``upft.generation.decode``), stopped
+    after ``steps`` steps."""
     config = generation_config(512, 0.0, 1.0, 0, stop_ids, pad, model.device.type, compile_decode)
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-    mask = (torch.arange(width, device=model.device)[None] >= torch.tensor(
-        [width - len(p) for p in prompts], device=model.device)[:, None]).long()
     clock, t0 = Clock(), time.perf_counter()
-    with torch.inference_mode(), plain_generation_config(model):
-        model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                       logits_processor=[clock], stopping_criteria=[StopAfter(steps)])
+    decode(model, prompts, config, logits_processor=[clock], stopping_criteria=[StopAfter(steps)])
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     gaps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][len(clock.stamps) // 4:]  # past warm-up
