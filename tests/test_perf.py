@@ -43,7 +43,8 @@ def test_perf_json_from_bench_runs(tmp_path):
     _bench(tmp_path)
     steps = [{"rows": 200, "cache": "dynamic", "step_ms": 30.0}, {"rows": 1319, "cache": "dynamic", "step_ms": 40.0}]
     _w(tmp_path / "decode_steps.json", {"results": steps})
-    p = collect(tmp_path)
+    p = collect(tmp_path, note="two GPUs, one group each")
+    assert p["note"] == "two GPUs, one group each" and "note" not in collect(tmp_path)
     assert p["transformers_decode_steps"] == steps
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["missing"] == []
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,

@@ -1,6 +1,6 @@
 """Collect scripts/gpu/bench.sh's runs into results/gpu/perf.json (issue 14's figures).
 
-  python scripts/gpu/perf.py RUNS results/gpu/perf.json
+  python scripts/gpu/perf.py RUNS results/gpu/perf.json [--note "how the lease ran: host, what shared it"]
 
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
@@ -37,10 +37,11 @@ def _eval(runs: Path, name: str) -> dict:
             "finished": m.get("finished")}
 
 
-def collect(runs: Path) -> dict:
+def collect(runs: Path, note: str | None = None) -> dict:
     """perf.json from the stages bench.sh finished. A lease can end mid-bench (bench.sh resumes in
     the next one), so a stage not finished is listed under ``missing`` and its figures are null,
-    never guessed; a folder holding no finished stage at all is an error."""
+    never guessed; a folder holding no finished stage at all is an error. ``note`` says what the
+    manifests cannot: how the lease ran (the host, what else ran on it at the same time)."""
     backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers",
                 "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
@@ -63,7 +64,7 @@ def collect(runs: Path) -> dict:
     first = next((runs / name / "summary.json" for name in evals if (runs / name / "summary.json").is_file()), None)
     env = read_json(first).get("environment", {}) if first else {}
     return {
-        "device": env.get("hardware", {}).get("gpu"), "environment": env,
+        "device": env.get("hardware", {}).get("gpu"), **({"note": note} if note else {}), "environment": env,
         "commands": ["MODEL=<qwen2.5-coder-1.5b-instruct.gguf> DATA=<mirror> RUNS=<dir> bash scripts/gpu/bench.sh"],
         "missing": [name for name in stages if name not in done],
         "upft_sampling_s": {k: v["s"] for k, v in upft.items()},
@@ -102,8 +103,9 @@ def main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", type=Path)
     ap.add_argument("out", type=Path)
+    ap.add_argument("--note", help="how the lease ran (host, concurrent jobs), kept in the file")
     a = ap.parse_args(argv)
-    write_json(a.out, collect(a.runs))
+    write_json(a.out, collect(a.runs, a.note))
     print(f"wrote {a.out}")
 
 
