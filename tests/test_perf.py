@@ -209,3 +209,13 @@ def test_pack_survives_a_file_changing_under_it_and_reports_worse(tmp_path, tar_
         assert done.stderr.startswith("error: tar failed (2)") and list(out.iterdir()) == []
     else:
         assert [p.name for p in out.iterdir()] == ["b.tgz"]
+
+
+@pytest.mark.parametrize("runs, committed", [("results/gpu/bench", "results/gpu/perf-h100.json"),
+                                             ("results/gpu/bench-h200/lease9c", "results/gpu/perf.json")])
+def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
+    """The README's speed tables quote these files: each must be what perf.py collects from the run
+    folders committed beside it (its note aside, which only the command line gives)."""
+    root = Path(__file__).resolve().parents[1]
+    kept = json.loads((root / committed).read_text())
+    assert collect(root / runs, kept.get("note")) == kept
