@@ -219,3 +219,55 @@ def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     root = Path(__file__).resolve().parents[1]
     kept = json.loads((root / committed).read_text())
     assert collect(root / runs, kept.get("note")) == kept
+
+
+def _lease(tmp_path: Path, *args: str, **env_extra: str):
+    """scripts/gpu/lease.sh with a stand-in for python (the GPU programs): it logs the folder it
+    would write and fails for an --out named in FAIL, sleeping SLOW seconds on any --out named there."""
+    import os
+    import subprocess
+
+    bin_ = tmp_path / "bin"
+    if not bin_.exists():
+        bin_.mkdir()
+        (bin_ / "python").write_text(
+            '#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ "$1" = --out ]; then echo "$2" >> "$RUNS/ran";\n'
+            'case "$2" in *"${SLOW:-@}"*) sleep 3;; esac; case "$2" in *"${FAIL:-@}"*) exit 1;; esac; fi; shift; done\n')
+        (bin_ / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
+           "RUNS": str(tmp_path / "runs"), "LEASE_POLL_S": "0.2", **env_extra}
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "lease.sh"), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_lease_runs_a_chain_per_gpu_and_packs_what_ran(tmp_path):
+    """lease.sh: one detached chain per GPU; a failed group is logged and the next one runs; `wait`
+    packs the logs each round and says when every chain has ended (3 while one still runs)."""
+    import tarfile
+
+    started = _lease(tmp_path, "start", "transformers decode-steps", "vllm", FAIL="eval-transformers-cold", SLOW="eval-vllm")
+    assert started.returncode == 0, started.stderr
+    again = _lease(tmp_path, "start", "vllm")
+    assert again.returncode == 2 and again.stderr.startswith("error: the chains of an earlier start still run")
+    assert _lease(tmp_path, "wait", "out", "0").returncode == 3  # eval-vllm-* sleep: not ended yet
+    done = _lease(tmp_path, "wait", "out", "60")
+    assert done.returncode == 0 and "every chain ended" in done.stdout, done.stderr
+    gpu0 = (tmp_path / "runs" / "chain-gpu0.log").read_text()
+    assert "## transformers failed: 1" in gpu0 and "## decode-steps" in gpu0 and "## end" in gpu0
+    ran = (tmp_path / "runs" / "ran").read_text().split()
+    assert {Path(r).name for r in ran} >= {"eval-transformers-cold", "decode_steps.json", "eval-vllm-warm", "full-vllm-draw"}
+    with tarfile.open(tmp_path / "out" / "bench.tgz") as tar:
+        assert {"./chain-gpu0.log", "./chain-gpu1.log"} <= set(tar.getnames())
+
+
+@pytest.mark.parametrize("args, error", [
+    (("start",), "error: start needs the groups"),
+    (("start", "vllm", "transformer"), "error: unknown STAGES group 'transformer'"),
+    (("wait", "out"), "error: no chains were started"),
+    (("stop",), "error: usage: lease.sh start"),
+])
+def test_lease_refuses_bad_input_before_starting_anything(tmp_path, args, error):
+    done = _lease(tmp_path, *args)
+    assert done.returncode == 2 and done.stderr.startswith(error) and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import subprocess
 
 from conftest import REPO
@@ -44,3 +45,40 @@ fi
     reqs, orlhf = downloads[:2]  # each run: the requirements (the built wheels found), then OpenRLHF alone
     assert reqs[-2:] == ["-r", "requirements-gpu.txt"] and reqs[reqs.index("--find-links") + 1] == str(out)
     assert orlhf[-1] == "openrlhf==0.11.2" and "--no-deps" in orlhf
+
+
+def test_wheelhouse_with_have_downloads_only_what_the_node_lacks(tmp_path):
+    """--have FILE: the whole set is resolved (pip's report), and only the packages FILE does not name
+    (a * matches any part of a name; `pip freeze` lines work) are downloaded, the built wheels among
+    them found locally."""
+    import json
+
+    log, bin_, out = tmp_path / "log", tmp_path / "bin", tmp_path / "wh"
+    bin_.mkdir()
+    report = {"install": [{"metadata": {"name": n, "version": v}} for n, v in (
+        ("torch", "2.11.0"), ("nvidia-cublas", "13.1.0.3"), ("nvidia-ml-py", "13.615.71"), ("vllm", "0.24.0"),
+        ("Jinja2", "3.1.6"), ("deepspeed", "0.19.6"), ("apache_tvm_ffi", "0.1.9"))]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    # a stand-in python3: logs pip commands, writes the report asked for, runs the script's Python part
+    (bin_ / "python3").write_text(f'''#!/bin/sh
+if [ "$1" = - ]; then exec {sys.executable} "$@"; fi
+echo "$*" >> {log}
+case "$*" in *--report*) cp {tmp_path}/report.json "$(echo "$*" | sed 's/.*--report \\([^ ]*\\).*/\\1/')";; esac
+if [ "$3" = wheel ]; then
+  for a in "$@"; do case "$a" in *==*) spec="$a";; esac; done
+  touch "$(echo "$*" | sed 's/.* -w //')/$(echo "$spec" | sed 's/==/-/')-py3-none-any.whl"
+fi
+''')
+    (bin_ / "python3").chmod(0o755)
+    (tmp_path / "have.txt").write_text("# the node\ntorch==2.11.0\nnvidia-cu*\njinja2 @ file:///x\n")
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", str(REPO / "scripts/gpu/wheelhouse.sh"), str(out), "--have", str(tmp_path / "have.txt")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    downloads = [c.split() for c in log.read_text().splitlines() if " download " in f" {c} "]
+    assert downloads[0][-4:] == ["nvidia-ml-py==13.615.71", "vllm==0.24.0", "deepspeed==0.19.6", "apache_tvm_ffi==0.1.9"]
+    assert "--no-deps" in downloads[0] and downloads[0][downloads[0].index("--find-links") + 1] == str(out)
+    assert not (out / ".report.json").exists()
+    bad = subprocess.run(["bash", str(REPO / "scripts/gpu/wheelhouse.sh"), str(out), "--have", str(tmp_path / "nope")],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: usage: wheelhouse.sh DIR [--have FILE]")

@@ -102,6 +102,7 @@ GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants openrlhf variants con
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done
+[ -z "${BENCH_CHECK:-}" ] || exit 0  # BENCH_CHECK=1: check the settings only (scripts/gpu/lease.sh start)
 mkdir -p "$RUNS"
 for group in ${STAGES//,/ }; do "$group"; done
 python scripts/gpu/perf.py "$RUNS" results/gpu/perf.json

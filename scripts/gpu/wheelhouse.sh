@@ -7,10 +7,17 @@
 # DeepSpeed and pylatexenc have no wheel on PyPI: theirs are built here (pure Python; DS_BUILD_OPS=0:
 # DeepSpeed's ops compile on the node on first use, which needs nvcc there). flash-attn is not
 # included (no PyPI wheels; see README).
-# The set is about 4 GB (torch and the CUDA libraries).
+# The set is about 4 GB (torch and the CUDA libraries). A node that already has part of it (torch,
+# CUDA, an image's packages) takes only the rest with --have FILE: the names it has, one per line
+# (`pip freeze` output works; a * matches any part of a name), e.g. scripts/gpu/device-image.txt.
 set -euo pipefail
+usage="usage: wheelhouse.sh DIR [--have FILE]"
+dir=${1:?$usage}; have=""
+if [ $# -gt 1 ]; then
+  [ "$2" = --have ] && [ -f "${3:-}" ] || { echo "error: $usage (FILE must exist)" >&2; exit 2; }
+  have=$(realpath "$3")
+fi
 cd "$(dirname "$0")/../.."
-dir=${1:?usage: wheelhouse.sh DIR}
 mkdir -p "$dir"
 PLATFORM=(--python-version 3.12 --implementation cp --only-binary=:all: --platform linux_x86_64
           --platform manylinux1_x86_64 --platform manylinux2010_x86_64 --platform manylinux2014_x86_64)
@@ -24,6 +31,24 @@ for name in deepspeed pylatexenc; do  # sdists only on PyPI
   fi
 done
 # the resolver sees the built wheels through --find-links; everything else comes from PyPI
-python3 -m pip download -q "${PLATFORM[@]}" --find-links "$dir" -d "$dir" -r requirements-gpu.txt
+if [ -z "$have" ]; then
+  python3 -m pip download -q "${PLATFORM[@]}" --find-links "$dir" -d "$dir" -r requirements-gpu.txt
+else  # resolve the whole set (metadata only), then download what the node lacks
+  python3 -m pip install -q --dry-run --ignore-installed --target "$dir/.resolve" "${PLATFORM[@]}" \
+    --find-links "$dir" --report "$dir/.report.json" -r requirements-gpu.txt
+  mapfile -t need < <(python3 - "$dir/.report.json" "$have" <<'PY'
+import fnmatch, json, re, sys
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+have = [norm(re.split(r"[=<>!~ @;]", line.strip())[0]) for line in open(sys.argv[2])
+        if line.strip() and not line.startswith("#")]
+for item in json.load(open(sys.argv[1]))["install"]:
+    name, version = item["metadata"]["name"], item["metadata"]["version"]
+    if not any(fnmatch.fnmatch(norm(name), pattern) for pattern in have):
+        print(f"{name}=={version}")
+PY
+  )
+  rm -f "$dir/.report.json"
+  python3 -m pip download -q "${PLATFORM[@]}" --no-deps --find-links "$dir" -d "$dir" "${need[@]}"
+fi
 python3 -m pip download -q "${PLATFORM[@]}" --no-deps -d "$dir" "$orlhf"
 echo "$(ls "$dir" | wc -l) wheels in $dir ($(du -sh "$dir" | cut -f1))"
