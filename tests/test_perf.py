@@ -21,7 +21,8 @@ def _w(path: Path, obj: dict) -> None:
 
 
 def _bench(root: Path) -> None:
-    for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager", "transformers-cb")):
+    for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager", "transformers-cb",
+                                 "vllm-graphs1024", "vllm-seqs2048-graphs2048")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
@@ -48,7 +49,8 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["transformers_decode_steps"] == steps
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["missing"] == []
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,
-                                   "transformers_eager": 0.13, "transformers_continuous": 0.14}
+                                   "transformers_eager": 0.13, "transformers_continuous": 0.14,
+                                   "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "finished": "2026-11-28T04:25:00"}
     assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
@@ -77,7 +79,8 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
         "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous"]
     assert p["openrlhf"]["fast"] is None and p["openrlhf"]["fast_micro_batch_16"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
-                                   "transformers_eager": 0.13, "transformers_continuous": 0.14}
+                                   "transformers_eager": 0.13, "transformers_continuous": 0.14,
+                                   "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
@@ -90,8 +93,9 @@ def test_no_finished_stage_is_one_error(tmp_path):
 
 
 OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16"]
-VLLM_VARIANTS = ["eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "eval-vllm-seqs2048-graphs2048-cold",
-                 "eval-vllm-seqs2048-graphs2048"]
+VLLM_VARIANTS = ["eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "upft-vllm-graphs1024", "full-vllm-graphs1024",
+                 "eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
+                 "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048"]
 
 
 def _bench_sh(tmp_path: Path, stages: str | None):
@@ -271,3 +275,27 @@ def test_lease_refuses_bad_input_before_starting_anything(tmp_path, args, error)
     done = _lease(tmp_path, *args)
     assert done.returncode == 2 and done.stderr.startswith(error) and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_bench_passes_each_sampling_stage_its_flags_and_cache(tmp_path):
+    """vLLM sampling stages differ only in their flags: --engine-seed for engine-seed's, a variant's
+    flags and compile cache for vllm-variants' (the same cache its evaluations filled)."""
+    import os
+    import subprocess
+
+    bin_, log = tmp_path / "bin", tmp_path / "log"
+    bin_.mkdir()
+    (bin_ / "python").write_text(f'#!/bin/sh\necho "$VLLM_CACHE_ROOT $*" >> {log}\n')
+    (bin_ / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
+           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm-variants"}
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    runs = {line.split()[-1].rsplit("/", 1)[-1]: line.split() for line in log.read_text().splitlines() if "--out" in line}
+    assert "--engine-seed" in runs["upft-vllm-engine"] and "--engine-seed" in runs["full-vllm-engine"]
+    upft = runs["upft-vllm-seqs2048-graphs2048"]
+    assert upft[0] == str(tmp_path / "runs" / "vllm-cache-seqs2048-graphs2048")
+    assert " ".join(upft).count("--max-num-seqs 2048 --max-cudagraph-size 2048") == 1 and "--L" in upft
+    assert "--engine-seed" not in upft and "--max-num-seqs" not in runs["full-vllm-graphs1024"]

@@ -11,7 +11,8 @@
 #   engine-seed     vLLM's UPFT and full sampling with --engine-seed
 #   vllm-variants   the GSM8K eval with CUDA graphs up to 1024 sequences (vLLM decodes up to 1024 at
 #                   once but captures graphs only up to 512), and with 2048 sequences and graphs up to
-#                   2048: each twice, in its own compile cache, the warm run compared with eval-vllm-warm
+#                   2048: each twice, in its own compile cache, the warm run compared with eval-vllm-warm;
+#                   then UPFT and full sampling with each (all 2000 UPFT draws at once with 2048)
 #   openrlhf        two OpenRLHF SFT runs (the second must load DeepSpeed's ops, not build them), the
 #                   first again with --group-by-length --no-gradient-checkpointing, and that with
 #                   --micro-batch 16; it first draws the full vLLM samples its set is built from
@@ -27,10 +28,9 @@ Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --ma
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
 
-vllm_sampling() {  # SEEDING (draw: a seed per draw; engine: --engine-seed) MODE (upft, full)
-  local flag=(); [ "$1" = engine ] && flag=(--engine-seed)
+vllm_sampling() {  # NAME MODE (upft, full) [FLAGS...] -> RUNS/MODE-vllm-NAME
   local mode=(--mode full); [ "$2" = upft ] && mode=(--mode upft --L 32 --p 0.1)
-  python sample/generate.py --model "$MODEL" "${Q[@]}" --backend vllm "${flag[@]}" "${mode[@]}" --out "$RUNS/$2-vllm-$1"
+  python sample/generate.py --model "$MODEL" "${Q[@]}" --backend vllm "${mode[@]}" "${@:3}" --out "$RUNS/$2-vllm-$1"
 }
 vllm() {
   python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --out "$RUNS/eval-vllm-cold"
@@ -39,8 +39,8 @@ vllm() {
   vllm_sampling draw full
 }
 engine-seed() {
-  vllm_sampling engine upft
-  vllm_sampling engine full
+  vllm_sampling engine upft --engine-seed
+  vllm_sampling engine full --engine-seed
 }
 transformers() {
   python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
@@ -49,7 +49,8 @@ transformers() {
   TORCHINDUCTOR_CACHE_DIR="$RUNS/inductor-cold" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" \
     --batch-size 2048 --out "$RUNS/eval-transformers-cold"
 }
-vllm-variants() {  # each twice, in its own compile cache: the first run fills it, the second is compared
+vllm-variants() {  # each eval twice, in its own compile cache: the first run fills it, the second is
+  # compared; then UPFT and full sampling with the same flags (UPFT's prefixes decode in more rows at once)
   local name flags
   for variant in "graphs1024 --max-cudagraph-size 1024" \
                  "seqs2048-graphs2048 --max-num-seqs 2048 --max-cudagraph-size 2048"; do
@@ -58,6 +59,10 @@ vllm-variants() {  # each twice, in its own compile cache: the first run fills i
       # shellcheck disable=SC2086  # $flags: several words
       VLLM_CACHE_ROOT="$RUNS/vllm-cache-$name" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
         $flags --out "$RUNS/eval-vllm-$run"
+    done
+    for mode in upft full; do
+      # shellcheck disable=SC2086
+      VLLM_CACHE_ROOT="$RUNS/vllm-cache-$name" vllm_sampling "$name" "$mode" $flags
     done
   done
 }

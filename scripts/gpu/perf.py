@@ -4,9 +4,10 @@
 
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
-``transformers_eager``, ``transformers_continuous`` (sampling) and ``eval_variants`` are the same
-stages with a setting that may be faster (``--compile-decode never``, ``--continuous-batching``,
-``--max-num-seqs``, ``--max-cudagraph-size``): a default changes only after they win.
+``transformers_eager``, ``transformers_continuous``, ``vllm_cudagraphs_1024``,
+``vllm_max_num_seqs_2048_cudagraphs_2048`` (sampling) and ``eval_variants`` are the same stages with a
+setting that may be faster (``--compile-decode never``, ``--continuous-batching``, ``--max-num-seqs``,
+``--max-cudagraph-size``): a default changes only after they win.
 ``transformers_decode_steps`` is scripts/gpu/decode_steps.py's step times, where it ran.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
 """
@@ -43,7 +44,9 @@ def collect(runs: Path, note: str | None = None) -> dict:
     never guessed; a folder holding no finished stage at all is an error. ``note`` says what the
     manifests cannot: how the lease ran (the host, what else ran on it at the same time)."""
     backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers",
-                "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb"}
+                "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb",
+                "vllm_cudagraphs_1024": "vllm-graphs1024",
+                "vllm_max_num_seqs_2048_cudagraphs_2048": "vllm-seqs2048-graphs2048"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
                 "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
