@@ -9,9 +9,8 @@
 # RC") and the next one runs. Logs: RUNS/chain-gpuI.log, packed with the figures (scripts/gpu/pack.sh).
 set -euo pipefail
 usage="usage: lease.sh start GROUPS... | lease.sh wait OUT [SECONDS]"
-RUNS=$(realpath -m "${RUNS:-/root/bench}")  # paths as given, before leaving for the repo root
-[ "${1:-}" != wait ] || [ -z "${2:-}" ] || set -- wait "$(realpath -m "$2")" "${@:3}"
-export RUNS
+here=$PWD  # relative paths are the caller's, not the repo root's
+export RUNS=$(realpath -m "${RUNS:-/root/bench}")
 cd "$(dirname "$0")/../.."
 chains="$RUNS/chains"  # the chains' log names, one per line
 ended() {  # every chain of the last start has logged its end
@@ -40,7 +39,7 @@ case "${1:-}" in
     mv "$chains.part" "$chains"
     ;;
   wait)
-    out=${2:?$usage} limit=${3:-540}
+    out=$(cd "$here" && realpath -m "${2:?$usage}") limit=${3:-540}
     [ -f "$chains" ] || { echo "error: no chains were started in $RUNS" >&2; exit 2; }
     mkdir -p "$out"
     t0=$SECONDS

@@ -2,6 +2,7 @@
 # lease 9 (two H200s of one host, nvidia-h200-x2): bench.sh's groups split over the two GPUs, each
 # GPU's groups one after another; a group that fails does not stop the next. Logs: RUNS/chain-gpuN.log
 #   bash results/gpu/bench-h200/chain-lease9.sh     (from the repo root, after staging)
+# The record of what ran; scripts/gpu/lease.sh (start, then wait calls) now does this for any groups.
 export PATH=/root/bin:/root/site/bin:$PATH HF_HUB_OFFLINE=1 PYTHONPATH=/root/site:/root/src
 export MODEL=/root/qwen2.5-coder-1.5b-instruct.gguf DATA=/root/data RUNS=/root/bench
 chain() {  # GPU GROUP...

@@ -3,6 +3,7 @@
 # run bench.sh's vllm group on GPU 0 and its transformers group on GPU 1, and pack the finished
 # figures into OUT every 20 s, so whatever ran comes back even when the call is cut at its limit.
 #   bash results/gpu/bench-h200/lease9c.sh "$OUT"
+# The record of what ran; scripts/gpu/lease.sh (start, then wait calls) now does this for any groups.
 out=${1:?usage: lease9c.sh OUT}
 export PATH=/root/bin:/root/site/bin:$PATH HF_HUB_OFFLINE=1 PYTHONPATH=/root/site:/root/src
 export MODEL=/root/qwen2.5-coder-1.5b-instruct.gguf DATA=/root/data RUNS=/root/bench
