@@ -92,7 +92,7 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect(tmp_path)
 
 
-OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16"]
+OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast16", "openrlhf-2", "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "upft-vllm-graphs1024", "full-vllm-graphs1024",
                  "eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048"]

@@ -13,9 +13,10 @@
 #                   once but captures graphs only up to 512), and with 2048 sequences and graphs up to
 #                   2048: each twice, in its own compile cache, the warm run compared with eval-vllm-warm;
 #                   then UPFT and full sampling with each (all 2000 UPFT draws at once with 2048)
-#   openrlhf        two OpenRLHF SFT runs (the second must load DeepSpeed's ops, not build them), the
-#                   first again with --group-by-length --no-gradient-checkpointing, and that with
-#                   --micro-batch 16; it first draws the full vLLM samples its set is built from
+#   openrlhf        OpenRLHF SFT runs: one plain, the same with --group-by-length
+#                   --no-gradient-checkpointing --micro-batch 16, a second plain one (it must load
+#                   DeepSpeed's ops, not build them), and the fast one with micro-batches of 8; it
+#                   first draws the full vLLM samples its set is built from
 #   variants        transformers without compiling (--compile-decode never)
 #   continuous      transformers' continuous batching (--continuous-batching)
 #   decode-steps    the wall time of one transformers decoding step by batch size and KV cache
@@ -75,11 +76,12 @@ openrlhf() {
   vllm_sampling draw full  # the SFT set's samples (skips itself when vllm ran)
   python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"
   sft --seed 1 --out "$RUNS/openrlhf-1"
-  sft --seed 2 --out "$RUNS/openrlhf-2"
-  # the first run again, with less padding and no recomputation: the same steps, faster? And with
-  # micro-batches of 16 (4 per step instead of 8): the same rows per step, fewer, fuller kernels
-  sft --seed 1 --group-by-length --no-gradient-checkpointing --out "$RUNS/openrlhf-fast"
+  # the first run again, with less padding and no recomputation, in micro-batches of 16 (4 per step
+  # instead of 8): the same rows per step, fewer, fuller kernels; then a second plain run (its ops must
+  # load, not build) and the fast one in micro-batches of 8
   sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 16 --out "$RUNS/openrlhf-fast16"
+  sft --seed 2 --out "$RUNS/openrlhf-2"
+  sft --seed 1 --group-by-length --no-gradient-checkpointing --out "$RUNS/openrlhf-fast"
 }
 variants() {
   python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
