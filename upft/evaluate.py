@@ -144,18 +144,24 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
                                        request_seed(s.seed, q.id, k)))
     print(f"[eval] {name}: {len(questions)} questions, {len(requests)} draws to run", file=sys.stderr)
     rule_kind = "math" if bench.kind == "open" else bench.kind
-    t0, new_tokens, grade_s = time.time(), 0, 0.0
+    t0, new_tokens, split = time.time(), 0, {"generate_s": 0.0, "grade_s": 0.0, "write_s": 0.0}
     with Grader() as grader:
-        for batch in backend.generate(requests):
-            tg = time.time()
+        batches, tick = iter(backend.generate(requests)), time.time()
+        while (batch := next(batches, None)) is not None:
+            split["generate_s"] += time.time() - tick  # waiting on the backend (its decoding)
+            tick = time.time()
             grades = grader.grade([(rule_kind, r.text, meta[r.key]["gold"]) for r in batch], s.grade_timeout_s)
-            grade_s += time.time() - tg
+            split["grade_s"] += time.time() - tick
+            tick = time.time()
             new = [{**meta[r.key], "response": r.text, "finish_reason": r.finish_reason,
                     "n_tokens": len(r.token_ids) + (r.finish_reason == "stop"), **g}
                    for r, g in zip(batch, grades)]
             new_tokens += sum(len(r.token_ids) for r in batch)
             writer.append(new)
             rows.extend(new)
+            split["write_s"] += time.time() - tick
+            tick = time.time()
+        split["generate_s"] += time.time() - tick
     wall = writer.prior_s + time.time() - t0  # killed earlier runs of this benchmark included
     grader_note = {"math": "math-verify (gold parsed first)", "choice": "letter of the last answer statement"}
     graded = {"grader": grader_note.get(bench.kind)}
@@ -164,9 +170,11 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
     writer.finish()
     summary = {"benchmark": name, **summarise(rows, s.n), **graded, "n_unparsed_gold": unparsed,
                "max_new_tokens": s.budget(name),
-               "style": s.style, "wall_s": wall, "grade_s": grade_s,
+               # wall time = generation + grading + writing + the grader pool's start and stop (this
+               # run's parts; a resumed run's wall also holds the killed runs' time)
+               "style": s.style, "wall_s": wall, **split,
                # generated tokens per second of generation (wall time minus grading)
-               "tokens_per_s": new_tokens / (wall - grade_s) if new_tokens else None}
+               "tokens_per_s": new_tokens / (wall - split["grade_s"]) if new_tokens else None}
     write_json(out_dir / f"{name}.summary.json", summary)
     return summary
 
