@@ -44,8 +44,8 @@ def test_perf_json_from_bench_runs(tmp_path):
     _bench(tmp_path)
     steps = [{"rows": 200, "cache": "dynamic", "step_ms": 30.0}, {"rows": 1319, "cache": "dynamic", "step_ms": 40.0}]
     _w(tmp_path / "decode_steps.json", {"results": steps})
-    p = collect(tmp_path, note="two GPUs, one group each")
-    assert p["note"] == "two GPUs, one group each" and "note" not in collect(tmp_path)
+    p = collect([tmp_path], note="two GPUs, one group each")
+    assert p["note"] == "two GPUs, one group each" and "note" not in collect([tmp_path])
     assert p["transformers_decode_steps"] == steps
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["missing"] == []
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,
@@ -73,7 +73,7 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
             "openrlhf-fast16"]
     for name in gone:
         (tmp_path / name / "manifest.json").unlink()
-    p = collect(tmp_path)
+    p = collect([tmp_path])
     assert p["missing"] == gone and list(p["eval_variants"]) == [
         "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
         "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous"]
@@ -89,7 +89,7 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
 
 def test_no_finished_stage_is_one_error(tmp_path):
     with pytest.raises(UserError, match="no finished stage"):
-        collect(tmp_path)
+        collect([tmp_path])
 
 
 OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast16", "openrlhf-2", "openrlhf-fast"]
@@ -215,14 +215,36 @@ def test_pack_survives_a_file_changing_under_it_and_reports_worse(tmp_path, tar_
         assert [p.name for p in out.iterdir()] == ["b.tgz"]
 
 
-@pytest.mark.parametrize("runs, committed", [("results/gpu/bench", "results/gpu/perf-h100.json"),
-                                             ("results/gpu/bench-h200/lease9c", "results/gpu/perf.json")])
+def test_several_leases_read_as_one(tmp_path):
+    """Each stage from the first folder that finished it: a later lease fills in what the first did
+    not run, and never replaces a figure the first one measured."""
+    first, later = tmp_path / "lease1", tmp_path / "lease2"
+    _bench(later)
+    _w(later / "decode_steps.json", {"results": [{"rows": 200}]})
+    for name in ("upft-vllm-draw", "full-vllm-draw", "openrlhf-1"):  # what the first lease finished
+        _w(first / name / "manifest.json", {"wall_s": 5.0, "sampling_tokens": 100_000,
+                                            "timing": {"tokens_per_s_per_gpu": 9_000}})
+    (first / "openrlhf-1" / "train_log.jsonl").write_text(json.dumps({"step": 1, "loss_mean": 1.0}) + "\n")
+    p = collect([first, later])
+    assert p["upft_sampling_s"]["vllm"] == 5.0 and p["upft_sampling_s"]["transformers"] == 12.0
+    assert p["openrlhf"]["tokens_per_s_per_gpu"] == 9_000 and p["openrlhf"]["fast"]["steps"] == [1, 3]
+    assert p["device"] == "NVIDIA H100 80GB HBM3" and p["transformers_decode_steps"] == [{"rows": 200}]
+    for name in ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold"):  # only variants in the folders
+        for f in (later / name).iterdir():
+            f.rename(later / "eval-vllm-graphs1024" / f.name) if f.name == "summary.json" else f.unlink()
+        (later / name).rmdir()
+    assert collect([first, later])["device"] == "NVIDIA H100 80GB HBM3"  # from a variant's summary
+
+
+@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench"], "results/gpu/perf-h100.json"),
+                                             (["results/gpu/bench-h200/lease9c", "results/gpu/bench-h200/lease10"],
+                                              "results/gpu/perf.json")])
 def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     """The README's speed tables quote these files: each must be what perf.py collects from the run
     folders committed beside it (its note aside, which only the command line gives)."""
     root = Path(__file__).resolve().parents[1]
     kept = json.loads((root / committed).read_text())
-    assert collect(root / runs, kept.get("note")) == kept
+    assert collect([root / r for r in runs], kept.get("note")) == kept
 
 
 def _lease(tmp_path: Path, *args: str, **env_extra: str):

@@ -1,6 +1,9 @@
 """Collect scripts/gpu/bench.sh's runs into results/gpu/perf.json (issue 14's figures).
 
-  python scripts/gpu/perf.py RUNS results/gpu/perf.json [--note "how the lease ran: host, what shared it"]
+  python scripts/gpu/perf.py RUNS [RUNS...] results/gpu/perf.json [--note "how the leases ran"]
+
+Several RUNS folders (one per lease) are read as one: each stage from the first folder that finished
+it, so the folder of the lease whose figures should stand goes first.
 
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
@@ -38,11 +41,12 @@ def _eval(runs: Path, name: str) -> dict:
             "finished": m.get("finished")}
 
 
-def collect(runs: Path, note: str | None = None) -> dict:
-    """perf.json from the stages bench.sh finished. A lease can end mid-bench (bench.sh resumes in
-    the next one), so a stage not finished is listed under ``missing`` and its figures are null,
-    never guessed; a folder holding no finished stage at all is an error. ``note`` says what the
-    manifests cannot: how the lease ran (the host, what else ran on it at the same time)."""
+def collect(folders: list[Path], note: str | None = None) -> dict:
+    """perf.json from the stages bench.sh finished in ``folders``, each stage from the first folder
+    that finished it. A lease can end mid-bench (bench.sh resumes in the next one), so a stage not
+    finished is listed under ``missing`` and its figures are null, never guessed; folders holding no
+    finished stage at all are an error. ``note`` says what the manifests cannot: how the leases ran
+    (the host, what else ran on it at the same time)."""
     backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers",
                 "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb",
                 "vllm_cudagraphs_1024": "vllm-graphs1024",
@@ -56,16 +60,20 @@ def collect(runs: Path, note: str | None = None) -> dict:
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
     trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16")
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
-    done = {name for name in stages if (runs / name / "manifest.json").is_file()}
+    at = {name: next(f for f in folders if (f / name / "manifest.json").is_file()) for name in stages
+          if any((f / name / "manifest.json").is_file() for f in folders)}  # stage -> the folder it comes from
+    done = set(at)
     if not done:
-        raise UserError(f"{runs} holds no finished stage of scripts/gpu/bench.sh")
-    upft = {k: _sample(runs, f"upft-{v}") for k, v in backends.items() if f"upft-{v}" in done}
-    full = {k: _sample(runs, f"full-{v}") for k, v in backends.items() if f"full-{v}" in done}
-    ev = {name: _eval(runs, name) for name in evals if name in done}
+        raise UserError(f"{', '.join(map(str, folders))}: no finished stage of scripts/gpu/bench.sh")
+    upft = {k: _sample(at[f"upft-{v}"], f"upft-{v}") for k, v in backends.items() if f"upft-{v}" in done}
+    full = {k: _sample(at[f"full-{v}"], f"full-{v}") for k, v in backends.items() if f"full-{v}" in done}
+    ev = {name: _eval(at[name], name) for name in evals if name in done}
     cold, warm, tf = (ev.get(name, {}) for name in evals)
-    tr = [read_json(runs / name / "manifest.json") for name in ("openrlhf-1", "openrlhf-2") if name in done]
-    first = next((runs / name / "summary.json" for name in evals if (runs / name / "summary.json").is_file()), None)
+    tr = [read_json(at[name] / name / "manifest.json") for name in ("openrlhf-1", "openrlhf-2") if name in done]
+    first = next((at[name] / name / "summary.json" for name in [*evals, *variants.values()]
+                  if name in done and (at[name] / name / "summary.json").is_file()), None)
     env = read_json(first).get("environment", {}) if first else {}
+    steps = next((f / "decode_steps.json" for f in folders if (f / "decode_steps.json").is_file()), None)
     return {
         "device": env.get("hardware", {}).get("gpu"), **({"note": note} if note else {}), "environment": env,
         "commands": ["MODEL=<qwen2.5-coder-1.5b-instruct.gguf> DATA=<mirror> RUNS=<dir> bash scripts/gpu/bench.sh"],
@@ -79,24 +87,23 @@ def collect(runs: Path, note: str | None = None) -> dict:
         "transformers_gsm8k_cold_s": round(tf["s"] + (tf["start_s"] or 0), 1) if tf else None,
         "gsm8k_accuracy": {"vllm_cold": cold.get("accuracy"), "vllm_warm": warm.get("accuracy"),
                            "transformers": tf.get("accuracy")},
-        "eval_variants": {k: _eval(runs, v) for k, v in variants.items() if v in done},
+        "eval_variants": {k: _eval(at[v], v) for k, v in variants.items() if v in done},
         "openrlhf": {"tokens_per_s_per_gpu": tr[0]["timing"]["tokens_per_s_per_gpu"] if tr else None,
                      "phases_s": tr[0]["timing"] if tr else None,
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
-                     **{key: _fast(runs, name) if {"openrlhf-1", name} <= done else None
+                     **{key: _fast(at["openrlhf-1"], at[name], name) if {"openrlhf-1", name} <= done else None
                         for key, name in (("fast", "openrlhf-fast"), ("fast_micro_batch_16", "openrlhf-fast16"))}},
-        "transformers_decode_steps": read_json(runs / "decode_steps.json")["results"]
-        if (runs / "decode_steps.json").is_file() else None,
+        "transformers_decode_steps": read_json(steps)["results"] if steps else None,
     }
 
 
-def _fast(runs: Path, name: str) -> dict:
+def _fast(first: Path, runs: Path, name: str) -> dict:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
     ``openrlhf-fast16`` --micro-batch 16): the same steps (same seed, so the same rows per step)
     computed with less padding, no recomputation and fewer micro-batches. Its loss must follow the
     first run's step by step; the figures say what the settings buy."""
-    check = compare_losses(runs / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
+    check = compare_losses(first / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
     timing = read_json(runs / name / "manifest.json")["timing"]
     return {"tokens_per_s_per_gpu": timing["tokens_per_s_per_gpu"], "phases_s": timing,
             "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"]}
@@ -104,9 +111,9 @@ def _fast(runs: Path, name: str) -> dict:
 
 def main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", type=Path)
+    ap.add_argument("runs", type=Path, nargs="+", help="bench.sh's run folders, the one that wins first")
     ap.add_argument("out", type=Path)
-    ap.add_argument("--note", help="how the lease ran (host, concurrent jobs), kept in the file")
+    ap.add_argument("--note", help="how the leases ran (host, concurrent jobs), kept in the file")
     a = ap.parse_args(argv)
     write_json(a.out, collect(a.runs, a.note))
     print(f"wrote {a.out}")
