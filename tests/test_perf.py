@@ -32,7 +32,7 @@ def _bench(root: Path) -> None:
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
-    for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000)):
+    for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("fast32", 45_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
         (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
@@ -64,6 +64,7 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert (fast["tokens_per_s_per_gpu"], fast["steps"], fast["max_abs_loss_diff"]) == (30_000, [3, 3], 0.01)
     fast16 = p["openrlhf"]["fast_micro_batch_16"]
     assert (fast16["tokens_per_s_per_gpu"], fast16["max_abs_loss_diff"]) == (40_000, 0.0)
+    assert p["openrlhf"]["fast_micro_batch_32"]["tokens_per_s_per_gpu"] == 45_000
 
 
 def test_partial_bench_lists_what_is_missing(tmp_path):
@@ -92,7 +93,8 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect([tmp_path])
 
 
-OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast16", "openrlhf-2", "openrlhf-fast"]
+OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-fast16", "openrlhf-2",
+            "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "upft-vllm-graphs1024", "full-vllm-graphs1024",
                  "eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048"]

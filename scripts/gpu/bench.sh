@@ -14,8 +14,8 @@
 #                   2048: each twice, in its own compile cache, the warm run compared with eval-vllm-warm;
 #                   then UPFT and full sampling with each (all 2000 UPFT draws at once with 2048)
 #   openrlhf        OpenRLHF SFT runs: one plain, the same with --group-by-length
-#                   --no-gradient-checkpointing --micro-batch 16, a second plain one (it must load
-#                   DeepSpeed's ops, not build them), and the fast one with micro-batches of 8; it
+#                   --no-gradient-checkpointing --micro-batch 32, then 16, a second plain one (it must
+#                   load DeepSpeed's ops, not build them), and the fast one with micro-batches of 8; it
 #                   first draws the full vLLM samples its set is built from
 #   variants        transformers without compiling (--compile-decode never)
 #   continuous      transformers' continuous batching (--continuous-batching)
@@ -76,9 +76,10 @@ openrlhf() {
   vllm_sampling draw full  # the SFT set's samples (skips itself when vllm ran)
   python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"
   sft --seed 1 --out "$RUNS/openrlhf-1"
-  # the first run again, with less padding and no recomputation, in micro-batches of 16 (4 per step
-  # instead of 8): the same rows per step, fewer, fuller kernels; then a second plain run (its ops must
-  # load, not build) and the fast one in micro-batches of 8
+  # the first run again, with less padding and no recomputation, in micro-batches of 32 and 16 (2 and
+  # 4 per step instead of 8): the same rows per step, fewer, fuller kernels; then a second plain run
+  # (its ops must load, not build) and the fast one in micro-batches of 8
+  sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 32 --out "$RUNS/openrlhf-fast32"
   sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 16 --out "$RUNS/openrlhf-fast16"
   sft --seed 2 --out "$RUNS/openrlhf-2"
   sft --seed 1 --group-by-length --no-gradient-checkpointing --out "$RUNS/openrlhf-fast"

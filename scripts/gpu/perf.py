@@ -58,7 +58,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
                 "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048": "eval-vllm-seqs2048-graphs2048",
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
-    trains = ("openrlhf-1", "openrlhf-2", "openrlhf-fast", "openrlhf-fast16")
+    fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16", "fast_micro_batch_32": "openrlhf-fast32"}
+    trains = ("openrlhf-1", "openrlhf-2", *fast.values())
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
     at = {name: next(f for f in folders if (f / name / "manifest.json").is_file()) for name in stages
           if any((f / name / "manifest.json").is_file() for f in folders)}  # stage -> the folder it comes from
@@ -93,14 +94,14 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
                      **{key: _fast(at["openrlhf-1"], at[name], name) if {"openrlhf-1", name} <= done else None
-                        for key, name in (("fast", "openrlhf-fast"), ("fast_micro_batch_16", "openrlhf-fast16"))}},
+                        for key, name in fast.items()}},
         "transformers_decode_steps": read_json(steps)["results"] if steps else None,
     }
 
 
 def _fast(first: Path, runs: Path, name: str) -> dict:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
-    ``openrlhf-fast16`` --micro-batch 16): the same steps (same seed, so the same rows per step)
+    ``openrlhf-fast16`` and ``-fast32`` --micro-batch 16 and 32): the same steps (same seed, so the same rows per step)
     computed with less padding, no recomputation and fewer micro-batches. Its loss must follow the
     first run's step by step; the figures say what the settings buy."""
     check = compare_losses(first / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
