@@ -6,7 +6,7 @@ import pytest
 
 from upft.builders import build_sft, build_upft, stats, whole_chars
 from upft.models import end_of_turn_id
-from upft.prompts import UPFT_SUFFIX, messages, render
+from upft.prompts import UPFT_SUFFIX, messages, render, render_many
 
 RESPONSES = [
     "First, we find how many apples Ava buys: 3 boxes * 4 = 12 apples. Then 12 + 5 = 17. \\boxed{17}",
@@ -131,3 +131,15 @@ def test_sft_refuses_prefix_draws(tok):
 
     with pytest.raises(UserError, match="full-length samples"):
         build_sft([fake_sample(tok, 0, RESPONSES[0], "prefix")], tok, end_of_turn_id(tok))
+
+
+def test_prompts_rendered_at_once_are_the_prompts_rendered_one_by_one(tok):
+    """Sampling and evaluation tokenize all their prompts in one call (faster on many cores): the ids
+    must be each prompt's own, unpadded, whatever its neighbours' lengths."""
+    conversations = [messages(q, style) for q in ("Two plus two?", "x" * 300 + " 😀 then?", "Why\n\n  so?")
+                     for style in ("plain", "boxed", "qwen-math")]
+    rendered = render_many(tok, conversations)
+    assert render_many(tok, []) == []
+    for msgs, (text, ids) in zip(conversations, rendered, strict=True):
+        assert text == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert ids == tok(text, add_special_tokens=False).input_ids and (text, ids) == render(tok, msgs)

@@ -18,7 +18,7 @@ from upft.draws import request_seed
 from upft.generation import GenRequest
 from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge, judge_rows
-from upft.prompts import messages, render
+from upft.prompts import messages, render_many
 from upft.errors import UserError
 from upft.manifests import environment
 from upft.runio import JsonlAppender, write_json, write_jsonl, write_text
@@ -133,8 +133,7 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
     rows = writer.done_rows()
     done = {(r["id"], r["sample_index"]) for r in rows}
     meta, requests = {}, []
-    for q in questions:
-        text, ids = render(tokenizer, messages(q.text, s.style))
+    for q, (text, ids) in zip(questions, render_many(tokenizer, [messages(q.text, s.style) for q in questions])):
         for k in range(s.n):
             if (q.id, k) in done:
                 continue

@@ -12,7 +12,7 @@ import sys
 from upft.data import Question
 from upft.draws import choose_full, request_seed
 from upft.generation import GenRequest
-from upft.prompts import messages, render
+from upft.prompts import messages, render_many
 from upft.errors import UserError
 from upft.runio import JsonlAppender
 
@@ -51,9 +51,9 @@ def sample(
 
     meta: dict[str, dict] = {}
     requests = []
-    for q in questions:
-        msgs = messages(q.text, style)
-        text, ids = render(tokenizer, msgs)
+    todo = [q for q in questions if any((q.id, k) not in done for k in range(n))]
+    conversations = [messages(q.text, style) for q in todo]
+    for q, msgs, (text, ids) in zip(todo, conversations, render_many(tokenizer, conversations)):
         draw = "full" if q.id in full_ids else "prefix"
         for k in range(n):
             if (q.id, k) in done:
