@@ -93,10 +93,9 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect([tmp_path])
 
 
-OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-fast16", "openrlhf-2",
+OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-2", "openrlhf-fast16",
             "openrlhf-fast"]
-VLLM_VARIANTS = ["eval-vllm-graphs1024-cold", "eval-vllm-graphs1024", "upft-vllm-graphs1024", "full-vllm-graphs1024",
-                 "eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
+VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048"]
 
 
@@ -322,4 +321,6 @@ def test_bench_passes_each_sampling_stage_its_flags_and_cache(tmp_path):
     upft = runs["upft-vllm-seqs2048-graphs2048"]
     assert upft[0] == str(tmp_path / "runs" / "vllm-cache-seqs2048-graphs2048")
     assert " ".join(upft).count("--max-num-seqs 2048 --max-cudagraph-size 2048") == 1 and "--L" in upft
-    assert "--engine-seed" not in upft and "--max-num-seqs" not in runs["full-vllm-graphs1024"]
+    assert "--engine-seed" not in upft and "--max-num-seqs" not in runs["full-vllm-engine"]
+    assert " ".join(runs["full-vllm-seqs2048-graphs2048"]).count("--max-num-seqs 2048 --max-cudagraph-size 2048") == 1
+    assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled

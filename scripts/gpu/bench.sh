@@ -9,13 +9,13 @@
 #                   of the same 2000 GSM8K train questions, a seed per draw
 #   transformers    the same UPFT and full sampling, and the GSM8K eval from a cold start
 #   engine-seed     vLLM's UPFT and full sampling with --engine-seed
-#   vllm-variants   the GSM8K eval with CUDA graphs up to 1024 sequences (vLLM decodes up to 1024 at
-#                   once but captures graphs only up to 512), and with 2048 sequences and graphs up to
-#                   2048: each twice, in its own compile cache, the warm run compared with eval-vllm-warm;
-#                   then UPFT and full sampling with each (all 2000 UPFT draws at once with 2048)
+#   vllm-variants   the GSM8K eval with 2048 sequences at once and CUDA graphs up to 2048 (the default
+#                   runs up to 1024 on an H100/H200 and captures graphs up to 512), twice, in its own
+#                   compile cache; then UPFT and full sampling with it (all 2000 UPFT draws at once).
+#                   The fastest setting so far (lease 10); graphs up to 1024 alone gained nothing there
 #   openrlhf        OpenRLHF SFT runs: one plain, the same with --group-by-length
-#                   --no-gradient-checkpointing --micro-batch 32, then 16, a second plain one (it must
-#                   load DeepSpeed's ops, not build them), and the fast one with micro-batches of 8; it
+#                   --no-gradient-checkpointing --micro-batch 32, a second plain one (it must load
+#                   DeepSpeed's ops, not build them), the fast one with micro-batches of 16 and 8; it
 #                   first draws the full vLLM samples its set is built from
 #   variants        transformers without compiling (--compile-decode never)
 #   continuous      transformers' continuous batching (--continuous-batching)
@@ -50,22 +50,14 @@ transformers() {
   TORCHINDUCTOR_CACHE_DIR="$RUNS/inductor-cold" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" \
     --batch-size 2048 --out "$RUNS/eval-transformers-cold"
 }
-vllm-variants() {  # each eval twice, in its own compile cache: the first run fills it, the second is
-  # compared; then UPFT and full sampling with the same flags (UPFT's prefixes decode in more rows at once)
-  local name flags
-  for variant in "graphs1024 --max-cudagraph-size 1024" \
-                 "seqs2048-graphs2048 --max-num-seqs 2048 --max-cudagraph-size 2048"; do
-    read -r name flags <<< "$variant"
-    for run in "$name-cold" "$name"; do
-      # shellcheck disable=SC2086  # $flags: several words
-      VLLM_CACHE_ROOT="$RUNS/vllm-cache-$name" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm \
-        $flags --out "$RUNS/eval-vllm-$run"
-    done
-    for mode in upft full; do
-      # shellcheck disable=SC2086
-      VLLM_CACHE_ROOT="$RUNS/vllm-cache-$name" vllm_sampling "$name" "$mode" $flags
-    done
+vllm-variants() {  # the eval twice in its own compile cache (the first run fills it, the second is
+  # compared with eval-vllm-warm), then UPFT and full sampling with the same flags
+  local flags=(--max-num-seqs 2048 --max-cudagraph-size 2048) cache="$RUNS/vllm-cache-seqs2048-graphs2048"
+  for run in seqs2048-graphs2048-cold seqs2048-graphs2048; do
+    VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${flags[@]}" \
+      --out "$RUNS/eval-vllm-$run"
   done
+  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048 "$mode" "${flags[@]}"; done
 }
 sft() {  # one OpenRLHF run on the SFT set, on one GPU
   PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
@@ -76,12 +68,12 @@ openrlhf() {
   vllm_sampling draw full  # the SFT set's samples (skips itself when vllm ran)
   python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"
   sft --seed 1 --out "$RUNS/openrlhf-1"
-  # the first run again, with less padding and no recomputation, in micro-batches of 32 and 16 (2 and
-  # 4 per step instead of 8): the same rows per step, fewer, fuller kernels; then a second plain run
-  # (its ops must load, not build) and the fast one in micro-batches of 8
+  # the first run again, with less padding and no recomputation, in micro-batches of 32 (2 per step
+  # instead of 8): the same rows per step, fewer, fuller kernels; a second plain run (its ops must
+  # load, not build); then the fast one in micro-batches of 16 and 8
   sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 32 --out "$RUNS/openrlhf-fast32"
-  sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 16 --out "$RUNS/openrlhf-fast16"
   sft --seed 2 --out "$RUNS/openrlhf-2"
+  sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 16 --out "$RUNS/openrlhf-fast16"
   sft --seed 1 --group-by-length --no-gradient-checkpointing --out "$RUNS/openrlhf-fast"
 }
 variants() {
