@@ -61,8 +61,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
     fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16", "fast_micro_batch_32": "openrlhf-fast32"}
     trains = ("openrlhf-1", "openrlhf-2", *fast.values())
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
-    at = {name: next(f for f in folders if (f / name / "manifest.json").is_file()) for name in stages
-          if any((f / name / "manifest.json").is_file() for f in folders)}  # stage -> the folder it comes from
+    found = {name: next((f for f in folders if (f / name / "manifest.json").is_file()), None) for name in stages}
+    at = {name: f for name, f in found.items() if f}  # each finished stage -> the folder it comes from
     done = set(at)
     if not done:
         raise UserError(f"{', '.join(map(str, folders))}: no finished stage of scripts/gpu/bench.sh")
@@ -101,8 +101,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
 
 def _fast(first: Path, runs: Path, name: str) -> dict:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
-    ``openrlhf-fast16`` and ``-fast32`` --micro-batch 16 and 32): the same steps (same seed, so the same rows per step)
-    computed with less padding, no recomputation and fewer micro-batches. Its loss must follow the
+    ``openrlhf-fast16`` and ``-fast32`` --micro-batch 16 and 32): the same steps (same seed, so the
+    same rows per step) computed with less padding, no recomputation and fewer micro-batches. Its loss must follow the
     first run's step by step; the figures say what the settings buy."""
     check = compare_losses(first / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
     timing = read_json(runs / name / "manifest.json")["timing"]
