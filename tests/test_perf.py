@@ -32,7 +32,8 @@ def _bench(root: Path) -> None:
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
-    for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("fast32", 45_000)):
+    for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("fast32", 45_000),
+                   ("liger32", 50_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
         (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
@@ -65,6 +66,7 @@ def test_perf_json_from_bench_runs(tmp_path):
     fast16 = p["openrlhf"]["fast_micro_batch_16"]
     assert (fast16["tokens_per_s_per_gpu"], fast16["max_abs_loss_diff"]) == (40_000, 0.0)
     assert p["openrlhf"]["fast_micro_batch_32"]["tokens_per_s_per_gpu"] == 45_000
+    assert p["openrlhf"]["fast_micro_batch_32_liger"]["tokens_per_s_per_gpu"] == 50_000
 
 
 def test_partial_bench_lists_what_is_missing(tmp_path):
@@ -93,8 +95,8 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect([tmp_path])
 
 
-OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-2", "openrlhf-fast16",
-            "openrlhf-fast"]
+OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-liger32", "openrlhf-2",
+            "openrlhf-fast16", "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048"]
 
@@ -300,9 +302,10 @@ def test_lease_refuses_bad_input_before_starting_anything(tmp_path, args, error)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
 
-def test_bench_passes_each_sampling_stage_its_flags_and_cache(tmp_path):
+def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     """vLLM sampling stages differ only in their flags: --engine-seed for engine-seed's, a variant's
-    flags and compile cache for vllm-variants' (the same cache its evaluations filled)."""
+    flags and compile cache for vllm-variants' (the same cache its evaluations filled); the OpenRLHF
+    runs in theirs, Liger's kernels for one only, passed through to OpenRLHF."""
     import os
     import subprocess
 
@@ -311,12 +314,15 @@ def test_bench_passes_each_sampling_stage_its_flags_and_cache(tmp_path):
     (bin_ / "python").write_text(f'#!/bin/sh\necho "$VLLM_CACHE_ROOT $*" >> {log}\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm-variants"}
+           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm-variants openrlhf",
+           "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    runs = {line.split()[-1].rsplit("/", 1)[-1]: line.split() for line in log.read_text().splitlines() if "--out" in line}
+    runs = {}  # the folder each command writes (its --out) -> the command
+    for words in (line.split() for line in log.read_text().splitlines() if "--out" in line):
+        runs[Path(words[words.index("--out") + 1]).name] = words
     assert "--engine-seed" in runs["upft-vllm-engine"] and "--engine-seed" in runs["full-vllm-engine"]
     upft = runs["upft-vllm-seqs2048-graphs2048"]
     assert upft[0] == str(tmp_path / "runs" / "vllm-cache-seqs2048-graphs2048")
@@ -324,3 +330,7 @@ def test_bench_passes_each_sampling_stage_its_flags_and_cache(tmp_path):
     assert "--engine-seed" not in upft and "--max-num-seqs" not in runs["full-vllm-engine"]
     assert " ".join(runs["full-vllm-seqs2048-graphs2048"]).count("--max-num-seqs 2048 --max-cudagraph-size 2048") == 1
     assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled
+    liger = runs["openrlhf-liger32"]
+    assert liger[-2:] == ["--", "--ds.use_liger_kernel"]  # and otherwise the micro-batch 32 run's command
+    assert liger[:-2] == [w.replace("openrlhf-fast32", "openrlhf-liger32") for w in runs["openrlhf-fast32"]]
+    assert not any("liger" in w for name, words in runs.items() if name != "openrlhf-liger32" for w in words)

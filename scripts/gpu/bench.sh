@@ -14,9 +14,9 @@
 #                   compile cache; then UPFT and full sampling with it (all 2000 UPFT draws at once).
 #                   The fastest setting so far (lease 10); graphs up to 1024 alone gained nothing there
 #   openrlhf        OpenRLHF SFT runs: one plain, the same with --group-by-length
-#                   --no-gradient-checkpointing --micro-batch 32, a second plain one (it must load
-#                   DeepSpeed's ops, not build them), the fast one with micro-batches of 16 and 8; it
-#                   first draws the full vLLM samples its set is built from
+#                   --no-gradient-checkpointing --micro-batch 32, that with Liger's kernels, a second
+#                   plain one (it must load DeepSpeed's ops, not build them), the fast one with
+#                   micro-batches of 16 and 8; it first draws the full vLLM samples its set is built from
 #   variants        transformers without compiling (--compile-decode never)
 #   continuous      transformers' continuous batching (--continuous-batching)
 #   decode-steps    the wall time of one transformers decoding step by batch size and KV cache
@@ -69,9 +69,11 @@ openrlhf() {
   python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"
   sft --seed 1 --out "$RUNS/openrlhf-1"
   # the first run again, with less padding and no recomputation, in micro-batches of 32 (2 per step
-  # instead of 8): the same rows per step, fewer, fuller kernels; a second plain run (its ops must
-  # load, not build); then the fast one in micro-batches of 16 and 8
+  # instead of 8): the same rows per step, fewer, fuller kernels; that with Liger's fused kernels; a
+  # second plain run (its ops must load, not build); then the fast one in micro-batches of 16 and 8
   sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 32 --out "$RUNS/openrlhf-fast32"
+  sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 32 --out "$RUNS/openrlhf-liger32" \
+    -- --ds.use_liger_kernel
   sft --seed 2 --out "$RUNS/openrlhf-2"
   sft --seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 16 --out "$RUNS/openrlhf-fast16"
   sft --seed 1 --group-by-length --no-gradient-checkpointing --out "$RUNS/openrlhf-fast"

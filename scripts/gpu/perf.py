@@ -58,7 +58,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
                 "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048": "eval-vllm-seqs2048-graphs2048",
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
-    fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16", "fast_micro_batch_32": "openrlhf-fast32"}
+    fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16", "fast_micro_batch_32": "openrlhf-fast32",
+            "fast_micro_batch_32_liger": "openrlhf-liger32"}
     trains = ("openrlhf-1", "openrlhf-2", *fast.values())
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
     found = {name: next((f for f in folders if (f / name / "manifest.json").is_file()), None) for name in stages}
@@ -101,8 +102,9 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
 
 def _fast(first: Path, runs: Path, name: str) -> dict:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
-    ``openrlhf-fast16`` and ``-fast32`` --micro-batch 16 and 32): the same steps (same seed, so the
-    same rows per step) computed with less padding, no recomputation and fewer micro-batches. Its loss must follow the
+    ``openrlhf-fast16`` and ``-fast32`` --micro-batch 16 and 32; ``openrlhf-liger32`` adds Liger's
+    fused kernels): the same steps (same seed, so the same rows per step) computed with less padding,
+    no recomputation and fewer micro-batches. Its loss must follow the
     first run's step by step; the figures say what the settings buy."""
     check = compare_losses(first / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
     timing = read_json(runs / name / "manifest.json")["timing"]
