@@ -22,7 +22,7 @@ def _w(path: Path, obj: dict) -> None:
 
 def _bench(root: Path) -> None:
     for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager", "transformers-cb",
-                                 "vllm-graphs1024", "vllm-seqs2048-graphs2048")):
+                                 "vllm-graphs1024", "vllm-seqs2048-graphs2048", "vllm-seqs2048-graphs2048-engine")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
@@ -51,7 +51,8 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["missing"] == []
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
-                                   "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16}
+                                   "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "finished": "2026-11-28T04:25:00"}
     assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
@@ -83,7 +84,8 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
     assert p["openrlhf"]["fast"] is None and p["openrlhf"]["fast_micro_batch_16"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
-                                   "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16}
+                                   "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
@@ -98,7 +100,8 @@ def test_no_finished_stage_is_one_error(tmp_path):
 OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-liger32", "openrlhf-2",
             "openrlhf-fast16", "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
-                 "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048"]
+                 "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
+                 "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
 
 
 def _bench_sh(tmp_path: Path, stages: str | None):
@@ -329,6 +332,11 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     assert " ".join(upft).count("--max-num-seqs 2048 --max-cudagraph-size 2048") == 1 and "--L" in upft
     assert "--engine-seed" not in upft and "--max-num-seqs" not in runs["full-vllm-engine"]
     assert " ".join(runs["full-vllm-seqs2048-graphs2048"]).count("--max-num-seqs 2048 --max-cudagraph-size 2048") == 1
+    for mode in ("upft", "full"):  # the same flags and cache, and the engine's seed
+        engine = runs[f"{mode}-vllm-seqs2048-graphs2048-engine"]
+        plain = [w.replace("-graphs2048", "-graphs2048-engine") if w.endswith(f"{mode}-vllm-seqs2048-graphs2048") else w
+                 for w in runs[f"{mode}-vllm-seqs2048-graphs2048"]]
+        assert engine.count("--engine-seed") == 1 and [w for w in engine if w != "--engine-seed"] == plain
     assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled
     liger = runs["openrlhf-liger32"]
     assert liger[-2:] == ["--", "--ds.use_liger_kernel"]  # and otherwise the micro-batch 32 run's command

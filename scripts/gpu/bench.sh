@@ -11,7 +11,8 @@
 #   engine-seed     vLLM's UPFT and full sampling with --engine-seed
 #   vllm-variants   the GSM8K eval with 2048 sequences at once and CUDA graphs up to 2048 (the default
 #                   runs up to 1024 on an H100/H200 and captures graphs up to 512), twice, in its own
-#                   compile cache; then UPFT and full sampling with it (all 2000 UPFT draws at once).
+#                   compile cache; then UPFT and full sampling with it (all 2000 UPFT draws at once),
+#                   a seed per draw and with --engine-seed.
 #                   The fastest setting so far (lease 10); graphs up to 1024 alone gained nothing there
 #   openrlhf        OpenRLHF SFT runs: one plain, the same with --group-by-length
 #                   --no-gradient-checkpointing --micro-batch 32, that with Liger's kernels, a second
@@ -58,6 +59,9 @@ vllm-variants() {  # the eval twice in its own compile cache (the first run fill
       --out "$RUNS/eval-vllm-$run"
   done
   for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048 "$mode" "${flags[@]}"; done
+  for mode in upft full; do  # and with the engine's seed alone (faster sampling; a draw depends on its batch)
+    VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048-engine "$mode" "${flags[@]}" --engine-seed
+  done
 }
 sft() {  # one OpenRLHF run on the SFT set, on one GPU
   PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \

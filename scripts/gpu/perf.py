@@ -7,10 +7,11 @@ it, so the folder of the lease whose figures should stand goes first.
 
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
-``transformers_eager``, ``transformers_continuous``, ``vllm_cudagraphs_1024``,
-``vllm_max_num_seqs_2048_cudagraphs_2048`` (sampling) and ``eval_variants`` are the same stages with a
-setting that may be faster (``--compile-decode never``, ``--continuous-batching``, ``--max-num-seqs``,
-``--max-cudagraph-size``): a default changes only after they win.
+``vllm_engine_seed``, ``transformers_eager``, ``transformers_continuous``, ``vllm_cudagraphs_1024``,
+``vllm_max_num_seqs_2048_cudagraphs_2048`` (and that ``_engine_seed``; sampling) and ``eval_variants``
+are the same stages with a setting that may be faster (``--engine-seed``, ``--compile-decode never``,
+``--continuous-batching``, ``--max-num-seqs``, ``--max-cudagraph-size``): a default changes only after
+they win.
 ``transformers_decode_steps`` is scripts/gpu/decode_steps.py's step times, where it ran.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
 """
@@ -50,7 +51,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
     backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers",
                 "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb",
                 "vllm_cudagraphs_1024": "vllm-graphs1024",
-                "vllm_max_num_seqs_2048_cudagraphs_2048": "vllm-seqs2048-graphs2048"}
+                "vllm_max_num_seqs_2048_cudagraphs_2048": "vllm-seqs2048-graphs2048",
+                "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": "vllm-seqs2048-graphs2048-engine"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
                 "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
