@@ -4,6 +4,7 @@ exactly our prefix ids + end-of-turn (prefix rows) and the whole response + end-
 from __future__ import annotations
 
 import math
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -87,6 +88,9 @@ def openrlhf_sft(monkeypatch):
 
     for name in ("prepare", "save_model", "setup_dataloader"):
         monkeypatch.setattr(ds.DeepspeedStrategy, name, getattr(ds.DeepspeedStrategy, name))
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    monkeypatch.setattr(OpBuilder, "load", OpBuilder.load)
     monkeypatch.setattr(openrlhf_datasets.SFTDataset, "__init__", openrlhf_datasets.SFTDataset.__init__)
     import openrlhf.utils
 
@@ -243,6 +247,47 @@ def test_openrlhf_phases_are_marked_around_its_own_methods(openrlhf_sft, capsys,
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(AttributeError):
         ds.DeepspeedStrategy.prepare(SimpleNamespace(), "no model")
+    assert capsys.readouterr().out == ""
+
+
+def test_deepspeed_op_loads_are_timed(openrlhf_sft, capsys, monkeypatch):
+    """install() makes DeepSpeed's own op loader print each load's time (rank 0 only) in the line
+    the launcher's timing() sums into op_load_s; a load that fails prints it too. The build itself
+    (a C++/CUDA compile) is stood in for by jit_load."""
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    from upft.openrlhf_launcher import timing
+    from upft.openrlhf_sft import install
+
+    class Slow(OpBuilder):  # DeepSpeed's load() dispatches to jit_load for an op not installed
+        NAME = "upft_slow"
+
+        def __init__(self, fail: bool = False):
+            super().__init__(name=self.NAME)
+            self.fail = fail
+
+        def absolute_name(self):
+            return f"upft.{self.NAME}"
+
+        def sources(self):
+            return []
+
+        def jit_load(self, verbose=True):
+            time.sleep(0.2)
+            if self.fail:
+                raise RuntimeError("no compiler")
+            return "op module"
+
+    install("sample")
+    monkeypatch.setenv("RANK", "0")
+    assert Slow().load() == "op module"
+    with pytest.raises(RuntimeError, match="no compiler"):
+        Slow(fail=True).load()
+    out = capsys.readouterr().out
+    assert [x.rsplit(":", 1)[0] for x in out.splitlines()] == ["Time to load upft_slow op"] * 2
+    assert 0.4 <= timing([], 0.0, 0.0, 0.0, out, 0, 1, 1)["op_load_s"] < 2
+    monkeypatch.setenv("RANK", "1")
+    Slow().load()
     assert capsys.readouterr().out == ""
 
 

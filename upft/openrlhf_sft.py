@@ -38,7 +38,8 @@ one process was several times faster than eight on a 2-core CPU.
 
 Rank 0 also prints a timestamped ``[upft] phase NAME TIME`` line when the process starts and
 around DeepSpeed's set-up (``prepare``: engine, optimizer, op loads), the training loop (``fit``)
-and the save, so the launcher can say where a run's wall time went (``upft.openrlhf_launcher.timing``).
+and the save, so the launcher can say where a run's wall time went (``upft.openrlhf_launcher.timing``),
+and a ``Time to load NAME op: S seconds`` line for each op DeepSpeed loads or builds (``timed_op_load``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,24 @@ def timed(fn, name: str):
     return wrapper
 
 
+def timed_op_load(load):
+    """DeepSpeed's op loader (``OpBuilder.load``), printing on rank 0 how long each load took, in the
+    line DeepSpeed prints only when asked to be verbose: 0.19.6 loads quietly, so an Adam op built
+    for 30 s in a run's first DeepSpeed set-up left no trace, and a second run could not show that
+    it loaded the op instead of building it again."""
+
+    @functools.wraps(load)
+    def wrapper(self, verbose=False):
+        t0 = time.time()
+        try:
+            return load(self, verbose)
+        finally:
+            if os.environ.get("RANK", "0") == "0":
+                print(f"Time to load {self.name} op: {time.time() - t0:.3f} seconds", flush=True)
+
+    return wrapper
+
+
 def length_grouped(sampler_cls):
     """OpenRLHF's DistributedSampler, its indices sorted by row length within each window of
     ``window`` (one rank's rows of one optimizer step; the option above)."""
@@ -139,8 +158,10 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
     import torch
     from openrlhf.models import SFTLoss
     from openrlhf.trainer import sft_trainer
+    from deepspeed.ops.op_builder.builder import OpBuilder
     from openrlhf.utils.deepspeed import deepspeed as ds
 
+    OpBuilder.load = timed_op_load(OpBuilder.load)
     strategy = ds.DeepspeedStrategy
     strategy.prepare, strategy.save_model = timed(strategy.prepare, "prepare"), timed(strategy.save_model, "save")
     sft_trainer.SFTTrainer.fit = timed(sft_trainer.SFTTrainer.fit, "fit")
