@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +126,16 @@ def check_golds(name: str, questions: list[Question], allow: bool) -> int:
     return len(unparsed)
 
 
+@contextmanager
+def _clock(split: dict[str, float], key: str) -> Iterator[None]:
+    """Add the time the block takes to ``split[key]``."""
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        split[key] += time.time() - t0
+
+
 def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSettings,
                        data_dir: str | None = None, judge: Judge | None = None) -> dict:
     bench = BENCHMARKS[name]
@@ -145,22 +157,21 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
     rule_kind = "math" if bench.kind == "open" else bench.kind
     t0, new_tokens, split = time.time(), 0, {"generate_s": 0.0, "grade_s": 0.0, "write_s": 0.0}
     with Grader() as grader:
-        batches, tick = iter(backend.generate(requests)), time.time()
-        while (batch := next(batches, None)) is not None:
-            split["generate_s"] += time.time() - tick  # waiting on the backend (its decoding)
-            tick = time.time()
-            grades = grader.grade([(rule_kind, r.text, meta[r.key]["gold"]) for r in batch], s.grade_timeout_s)
-            split["grade_s"] += time.time() - tick
-            tick = time.time()
-            new = [{**meta[r.key], "response": r.text, "finish_reason": r.finish_reason,
-                    "n_tokens": len(r.token_ids) + (r.finish_reason == "stop"), **g}
-                   for r, g in zip(batch, grades)]
+        batches = iter(backend.generate(requests))
+        while True:
+            with _clock(split, "generate_s"):  # waiting on the backend (its decoding)
+                batch = next(batches, None)
+            if batch is None:
+                break
+            with _clock(split, "grade_s"):
+                grades = grader.grade([(rule_kind, r.text, meta[r.key]["gold"]) for r in batch], s.grade_timeout_s)
+            with _clock(split, "write_s"):
+                new = [{**meta[r.key], "response": r.text, "finish_reason": r.finish_reason,
+                        "n_tokens": len(r.token_ids) + (r.finish_reason == "stop"), **g}
+                       for r, g in zip(batch, grades)]
+                writer.append(new)
             new_tokens += sum(len(r.token_ids) for r in batch)
-            writer.append(new)
             rows.extend(new)
-            split["write_s"] += time.time() - tick
-            tick = time.time()
-        split["generate_s"] += time.time() - tick
     wall = writer.prior_s + time.time() - t0  # killed earlier runs of this benchmark included
     grader_note = {"math": "math-verify (gold parsed first)", "choice": "letter of the last answer statement"}
     graded = {"grader": grader_note.get(bench.kind)}

@@ -85,9 +85,15 @@ def split_args(argv: list[str]) -> tuple[str, bool, int | None, list[str]]:
 PHASE = "[upft] phase"
 
 
+def rank0() -> bool:
+    """Whether this process is rank 0, which alone prints the timing lines (every rank passes the
+    same points)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def mark(name: str) -> None:
-    """One phase line in OpenRLHF's log, from rank 0 only (every rank passes the same points)."""
-    if os.environ.get("RANK", "0") == "0":
+    """One phase line in OpenRLHF's log (rank 0 only)."""
+    if rank0():
         print(f"{PHASE} {name} {time.time():.3f}", flush=True)
 
 
@@ -117,7 +123,7 @@ def timed_op_load(load):
         try:
             return load(self, verbose)
         finally:
-            if os.environ.get("RANK", "0") == "0":
+            if rank0():
                 print(f"Time to load {self.name} op: {time.time() - t0:.3f} seconds", flush=True)
 
     return wrapper
@@ -156,9 +162,9 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
     import openrlhf.datasets
     import openrlhf.utils
     import torch
+    from deepspeed.ops.op_builder.builder import OpBuilder
     from openrlhf.models import SFTLoss
     from openrlhf.trainer import sft_trainer
-    from deepspeed.ops.op_builder.builder import OpBuilder
     from openrlhf.utils.deepspeed import deepspeed as ds
 
     OpBuilder.load = timed_op_load(OpBuilder.load)
