@@ -29,7 +29,8 @@ def _bench(root: Path) -> None:
                         ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
                         ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0),
                         ("eval-vllm-seqs2048-graphs2048", 150.0)):
-        _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0})
+        split = {"generate_s": 18.123, "grade_s": 0.456} if name == "eval-vllm-seqs2048-graphs2048" else {}  # newer
+        _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0, **split})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
     for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("fast32", 45_000),
@@ -54,7 +55,10 @@ def test_perf_json_from_bench_runs(tmp_path):
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
-                                                              "accuracy": 62.0, "finished": "2026-11-28T04:25:00"}
+                                                              "accuracy": 62.0, "generate_s": None, "grade_s": None,
+                                                              "finished": "2026-11-28T04:25:00"}
+    split = p["eval_variants"]["vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048"]
+    assert (split["generate_s"], split["grade_s"]) == (18.12, 0.46)
     assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
                                        "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048",
@@ -97,7 +101,7 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect([tmp_path])
 
 
-OPENRLHF = ["full-vllm-draw", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-liger32", "openrlhf-2",
+OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-liger32", "openrlhf-2",
             "openrlhf-fast16", "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
@@ -308,7 +312,7 @@ def test_lease_refuses_bad_input_before_starting_anything(tmp_path, args, error)
 def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     """vLLM sampling stages differ only in their flags: --engine-seed for engine-seed's, a variant's
     flags and compile cache for vllm-variants' (the same cache its evaluations filled); the OpenRLHF
-    runs in theirs, Liger's kernels for one only, passed through to OpenRLHF."""
+    runs in theirs (the SFT set drawn in its own cache), Liger's kernels for one only, passed through to OpenRLHF."""
     import os
     import subprocess
 
@@ -338,6 +342,8 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                  for w in runs[f"{mode}-vllm-seqs2048-graphs2048"]]
         assert engine.count("--engine-seed") == 1 and [w for w in engine if w != "--engine-seed"] == plain
     assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled
+    # the SFT set's draw: its own cache, so the vllm group's cold start can run at once on another GPU
+    assert runs["full-vllm-sft"][0] == str(tmp_path / "runs" / "vllm-cache-sft") and "--L" not in runs["full-vllm-sft"]
     liger = runs["openrlhf-liger32"]
     assert liger[-2:] == ["--", "--ds.use_liger_kernel"]  # and otherwise the micro-batch 32 run's command
     assert liger[:-2] == [w.replace("openrlhf-fast32", "openrlhf-liger32") for w in runs["openrlhf-fast32"]]

@@ -18,7 +18,8 @@ import pytest
 from upft.backends import make_backend
 from upft.generation import GenRequest, TransformersBackend
 from upft.errors import UserError
-from upft.vllm_backend import engine_args, gpu_groups, longest_first, prompt_input, sampling_kwargs, to_result
+from upft.vllm_backend import (engine_args, final_only_sampling_params, gpu_groups, longest_first, prompt_input,
+                               sampling_kwargs, to_result)
 
 STOP = [2, 7]
 GREEDY = GenRequest("q1#0", (5, 6, 7, 8), max_new_tokens=64, seed=11)
@@ -56,14 +57,15 @@ def test_unexpected_endings_are_errors(tok, ids, reason):
         to_result("k", ids, reason, STOP, tok)
 
 
-def test_longest_decodes_reach_the_engine_first_and_results_keep_request_order():
+def test_longest_decodes_reach_the_engine_first_and_finished_draws_stream_back():
     """A UPFT pass in question order (prefixes of 32 tokens around two full draws of 512, two draws of
-    q3): the engine gets the full draws first, the rest as given, and the results come back in
-    request order. The engine is a stand-in (vLLM's needs a GPU) that answers each prompt with its
-    own ids and records what it was sent."""
+    q3): the engine gets the full draws first, the rest as given, and finished draws come back while
+    the rest still decode, keyed by request id. The engine is a stand-in for vLLM's ``LLMEngine`` (it
+    needs a GPU): each step finishes the requests whose budget it has reached, answering each prompt
+    with its own id."""
     from types import SimpleNamespace
 
-    from upft.vllm_backend import run_part
+    from upft.vllm_backend import stream
 
     reqs = [GenRequest(k, (i,), n, 0.6, seed=i) for i, (k, n) in enumerate(
         [("q1#0", 32), ("q2#0", 512), ("q3#0", 32), ("q3#1", 32), ("q4#0", 512), ("q5#0", 32)])]
@@ -71,15 +73,29 @@ def test_longest_decodes_reach_the_engine_first_and_results_keep_request_order()
     assert longest_first(items) == [1, 4, 0, 2, 3, 5]
 
     class Engine:
-        def generate(self, prompts, params, use_tqdm):
-            self.sent = [(p["prompt_token_ids"][0], s["max_tokens"]) for p, s in zip(prompts, params)]
-            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[p["prompt_token_ids"][0], 7],
-                                                             finish_reason="stop")]) for p in prompts]
+        def __init__(self):
+            self.sent, self.running, self.steps = [], {}, 0
+
+        def add_request(self, request_id, prompt, params):
+            self.sent.append((prompt["prompt_token_ids"][0], params["max_tokens"]))
+            self.running[request_id] = (prompt["prompt_token_ids"][0], params["max_tokens"])
+
+        def has_unfinished_requests(self):
+            return bool(self.running)
+
+        def step(self):  # 32 tokens a step: the prefixes finish at step 1, the full draws at step 16
+            self.steps += 1
+            done = [k for k, (_, n) in self.running.items() if n <= 32 * self.steps]
+            return [SimpleNamespace(request_id=k, finished=True, outputs=[SimpleNamespace(
+                token_ids=[self.running.pop(k)[0], 7], finish_reason="stop")]) for k in done]
 
     engine = Engine()
-    rows = run_part(engine, dict, items)
+    parts = list(stream(engine, dict, items, every_s=0))
     assert engine.sent == [(1, 512), (4, 512), (0, 32), (2, 32), (3, 32), (5, 32)]
-    assert rows == [(r.key, [r.prompt_ids[0], 7], "stop") for r in reqs]
+    assert parts == [[(r.key, [r.prompt_ids[0], 7], "stop") for r in reqs if r.max_new_tokens == 32],
+                     [(r.key, [r.prompt_ids[0], 7], "stop") for r in reqs if r.max_new_tokens == 512]]
+    # with a longer interval, finished draws wait for it (here: all in one part at the end)
+    assert [len(p) for p in stream(Engine(), dict, items, every_s=60)] == [6]
 
 
 def test_gpu_groups(monkeypatch):
@@ -121,6 +137,10 @@ def test_vllm_sampling_params_keep_every_field(req):
     assert (p.skip_special_tokens, p.ignore_eos, p.min_tokens, p.detokenize, p.stop) == (False, True, 0, False, [])
     assert (p.repetition_penalty, p.presence_penalty, p.frequency_penalty, p.min_p) == (1.0, 0.0, 0.0, 0.0)
     assert p.sampling_type.name == ("RANDOM_SEED" if sample else "GREEDY")
+    streamed = final_only_sampling_params()(**sampling_kwargs(req, STOP))  # what the workers send
+    assert streamed.output_kind == vllm.sampling_params.RequestOutputKind.FINAL_ONLY
+    fields = [f for f in p.__struct_fields__ if f != "output_kind"]  # a msgspec Struct
+    assert [getattr(streamed, f) for f in fields] == [getattr(p, f) for f in fields]
 
 
 def test_engine_args_are_vllms_own():

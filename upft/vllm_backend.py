@@ -7,7 +7,8 @@ model's generation_config.json pick one. Each request is one draw with its own s
 Each engine runs in its own worker process (spawned, CUDA_VISIBLE_DEVICES set before vLLM is
 imported): one per group of ``tensor_parallel_size`` GPUs, ``data_parallel_size`` groups, each
 taking a contiguous shard of the requests (draws of one prompt stay together for the prefix
-cache). Workers return results chunk by chunk, so callers can append them as they come.
+cache). Workers send finished draws back while the rest still decode, so callers can grade and
+append them as they come.
 Written against vLLM 0.24.0.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import multiprocessing as mp
 import multiprocessing.util  # noqa: F401  its exit step joins our workers, which wait until close() ends them
 import os
@@ -129,29 +131,48 @@ def longest_first(items: list[tuple]) -> list[int]:
 
 
 def _serve(gpus: str, engine: dict, inbox, results) -> None:
-    """A worker: one engine on ``gpus``, running each shard it is sent chunk by chunk."""
+    """A worker: one engine on ``gpus``, streaming each shard it is sent back as its draws finish."""
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before vLLM (and CUDA) start in this process
     os.setpgrp()  # so the parent can stop this worker and vLLM's own processes as one group
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     llm = LLM(**engine)
     results.put(("ready", None))
-    while (job := inbox.recv()) is not None:  # EOFError (and exit) if the parent is gone
-        chunk_size, items = job
-        for i in range(0, len(items), chunk_size):
-            results.put(("chunk", run_part(llm, SamplingParams, items[i:i + chunk_size])))
+    while (items := inbox.recv()) is not None:  # EOFError (and exit) if the parent is gone
+        for rows in stream(llm.llm_engine, final_only_sampling_params(), items):
+            results.put(("chunk", rows))
         results.put(("done", None))
 
 
-def run_part(llm, sampling_params, items: list[tuple]) -> list[tuple]:
-    """One ``llm.generate`` over ``items`` (longest decodes first): ``(key, token ids, finish reason)``
-    per item, in the order of ``items``."""
-    order = longest_first(items)
-    outs = llm.generate([items[i][1] for i in order], [sampling_params(**items[i][2]) for i in order], use_tqdm=False)
-    rows: list[tuple] = [()] * len(items)
-    for i, o in zip(order, outs):
-        rows[i] = (items[i][0], list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
-    return rows
+def final_only_sampling_params() -> functools.partial:
+    """``vllm.SamplingParams`` for draws reported once, when finished (as ``LLM.generate`` asks for):
+    vLLM's default output kind builds an output for every running request at every step."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    return functools.partial(SamplingParams, output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+def stream(engine, sampling_params, items: list[tuple], every_s: float = 1.0) -> Iterator[list[tuple]]:
+    """Run ``items`` on a vLLM ``LLMEngine`` (longest decodes first) and yield ``(key, token ids, finish
+    reason)`` for the draws that finished, at most every ``every_s`` seconds.
+
+    ``LLM.generate`` returns only when its last draw is done, so a caller can grade and write nothing
+    until then: on one H200 (lease 10) a GSM8K evaluation took 15.7 s, of which 12.4 s decoding and
+    0.85 s grading after it. Stepping the engine here, as ``LLM.generate`` does inside, hands finished
+    draws over while the rest still decode, so that work overlaps decoding, and a killed run keeps what
+    had finished. Each item's key is its request id (unique within a pass)."""
+    for i in longest_first(items):
+        key, prompt, kwargs = items[i]
+        engine.add_request(key, prompt, sampling_params(**kwargs))
+    rows, last = [], time.monotonic()
+    while engine.has_unfinished_requests():
+        rows += [(o.request_id, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
+                 for o in engine.step() if o.finished]
+        if rows and time.monotonic() - last >= every_s:
+            yield rows
+            rows, last = [], time.monotonic()
+    if rows:
+        yield rows
 
 
 class VLLMBackend:
@@ -164,12 +185,11 @@ class VLLMBackend:
     def __init__(self, model_path: str, tokenizer, stop_ids: list[int], dtype: str = "bfloat16",
                  tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 seed: int = 0, chunk_size: int = 4096, engine_seed: bool = False, max_num_seqs: int | None = None,
+                 seed: int = 0, engine_seed: bool = False, max_num_seqs: int | None = None,
                  max_cudagraph_size: int | None = None):
         groups = gpu_groups(tensor_parallel_size, data_parallel_size)
         self.stop_ids = sorted(set(stop_ids))
         self.tokenizer = tokenizer
-        self.chunk_size = chunk_size
         self.engine_seed = engine_seed
         engine = engine_args(model_path, dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len, seed,
                              max_num_seqs, max_cudagraph_size)
@@ -191,7 +211,7 @@ class VLLMBackend:
             raise RuntimeError("this vLLM backend is closed")
         n, total = len(self.workers), len(items)
         for rank, (_, outbox) in enumerate(self.workers):
-            outbox.send((self.chunk_size, items[rank * total // n:(rank + 1) * total // n]))
+            outbox.send(items[rank * total // n:(rank + 1) * total // n])
         busy, done, new_tokens, t0 = n, 0, 0, time.time()
         try:
             while busy:

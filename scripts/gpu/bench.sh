@@ -18,6 +18,7 @@
 #                   --no-gradient-checkpointing --micro-batch 32, that with Liger's kernels, a second
 #                   plain one (it must load DeepSpeed's ops, not build them), the fast one with
 #                   micro-batches of 16 and 8; it first draws the full vLLM samples its set is built from
+#                   (full-vllm-sft, untimed)
 #   variants        transformers without compiling (--compile-decode never)
 #   continuous      transformers' continuous batching (--continuous-batching)
 #   decode-steps    the wall time of one transformers decoding step by batch size and KV cache
@@ -69,8 +70,10 @@ sft() {  # one OpenRLHF run on the SFT set, on one GPU
     --attn sdpa --max-len 1024 --lr 1e-6 "$@"
 }
 openrlhf() {
-  vllm_sampling draw full  # the SFT set's samples (skips itself when vllm ran)
-  python data_prep/build.py --samples "$RUNS/full-vllm-draw" --method sft --out "$RUNS/prep-sft"
+  # the SFT set's samples, drawn apart from the vllm group's timed draws and compile cache, so the
+  # two groups can run at once on two GPUs (the same draws: a seed per draw)
+  VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft full
+  python data_prep/build.py --samples "$RUNS/full-vllm-sft" --method sft --out "$RUNS/prep-sft"
   sft --seed 1 --out "$RUNS/openrlhf-1"
   # the first run again, with less padding and no recomputation, in micro-batches of 32 (2 per step
   # instead of 8): the same rows per step, fewer, fuller kernels; that with Liger's fused kernels; a
