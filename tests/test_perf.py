@@ -64,6 +64,13 @@ def test_perf_json_from_bench_runs(tmp_path):
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048",
                                        "transformers_gsm8k_continuous"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
+    assert p["eval_repeats"] == {}
+    _w(tmp_path / "eval-vllm-warm-repeat" / "gsm8k.summary.json", {"wall_s": 19.0, "tokens_per_s": 21_000.0,
+                                                                   "accuracy": 61.5, "generate_s": 16.0, "grade_s": 1.0})
+    _w(tmp_path / "eval-vllm-warm-repeat" / "manifest.json", {"backend_start_s": 41.0, "finished": "2026-11-28T16:00:00"})
+    assert collect([tmp_path])["eval_repeats"] == {"eval-vllm-warm": {
+        "s": 19.0, "start_s": 41.0, "tokens_per_s": 21_000, "accuracy": 61.5, "generate_s": 16.0, "grade_s": 1.0,
+        "finished": "2026-11-28T16:00:00"}}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 21_000 and p["openrlhf"]["second_run_phases_s"]["op_load_s"] == 0.5
     fast = p["openrlhf"]["fast"]
@@ -107,6 +114,8 @@ VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graph
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
 
+REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
+
 
 def _bench_sh(tmp_path: Path, stages: str | None):
     """bench.sh with stand-ins for the GPU programs, each logging the folder it would write (the value
@@ -137,11 +146,13 @@ def _bench_sh(tmp_path: Path, stages: str | None):
     ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
     ("vllm-variants", VLLM_VARIANTS),
     ("decode-steps", ["decode_steps.json"]),
+    ("repeat", REPEATS),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
             "upft-transformers", "full-transformers", "eval-transformers-cold",
             "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *OPENRLHF,
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
-            "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json"]),
+            "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
+            *REPEATS]),
 ])
 def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     """bench.sh's STAGES: a lease with little time left runs the groups it names, in that order (the
@@ -237,7 +248,10 @@ def test_several_leases_read_as_one(tmp_path):
     (first / "openrlhf-1" / "train_log.jsonl").write_text(json.dumps({"step": 1, "loss_mean": 1.0}) + "\n")
     p = collect([first, later])
     assert p["upft_sampling_s"]["vllm"] == 5.0 and p["upft_sampling_s"]["transformers"] == 12.0
-    assert p["openrlhf"]["tokens_per_s_per_gpu"] == 9_000 and p["openrlhf"]["fast"]["steps"] == [1, 3]
+    # a fast run is compared with the first run of its own lease (each lease draws its own training set)
+    assert p["openrlhf"]["tokens_per_s_per_gpu"] == 9_000 and p["openrlhf"]["fast"]["steps"] == [3, 3]
+    (later / "openrlhf-1" / "manifest.json").unlink()
+    assert collect([first, later])["openrlhf"]["fast"] is None
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["transformers_decode_steps"] == [{"rows": 200}]
     for name in ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold"):  # only variants in the folders
         for f in (later / name).iterdir():
@@ -247,7 +261,8 @@ def test_several_leases_read_as_one(tmp_path):
 
 
 @pytest.mark.parametrize("runs, committed", [(["results/gpu/bench"], "results/gpu/perf-h100.json"),
-                                             (["results/gpu/bench-h200/lease9c", "results/gpu/bench-h200/lease10"],
+                                             (["results/gpu/bench-h200/lease11", "results/gpu/bench-h200/lease9c",
+                                               "results/gpu/bench-h200/lease10"],
                                               "results/gpu/perf.json")])
 def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     """The README's speed tables quote these files: each must be what perf.py collects from the run
@@ -321,7 +336,7 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     (bin_ / "python").write_text(f'#!/bin/sh\necho "$VLLM_CACHE_ROOT $*" >> {log}\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm-variants openrlhf",
+           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm-variants openrlhf repeat",
            "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
@@ -342,6 +357,11 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                  for w in runs[f"{mode}-vllm-seqs2048-graphs2048"]]
         assert engine.count("--engine-seed") == 1 and [w for w in engine if w != "--engine-seed"] == plain
     assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled
+    # the repeats: the same commands (and caches) as the evaluations they repeat
+    assert runs["eval-vllm-seqs2048-graphs2048-repeat"] == [
+        w + "-repeat" if w.endswith("eval-vllm-seqs2048-graphs2048") else w for w in runs["eval-vllm-seqs2048-graphs2048"]]
+    warm = runs["eval-vllm-warm-repeat"]
+    assert warm[0] == str(tmp_path / "runs" / "vllm-cache") and "--max-num-seqs" not in warm and "--backend" in warm
     # the SFT set's draw: its own cache, so the vllm group's cold start can run at once on another GPU
     assert runs["full-vllm-sft"][0] == str(tmp_path / "runs" / "vllm-cache-sft") and "--L" not in runs["full-vllm-sft"]
     liger = runs["openrlhf-liger32"]

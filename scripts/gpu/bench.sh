@@ -14,6 +14,8 @@
 #                   compile cache; then UPFT and full sampling with it (all 2000 UPFT draws at once),
 #                   a seed per draw and with --engine-seed.
 #                   The fastest setting so far (lease 10); graphs up to 1024 alone gained nothing there
+#   repeat          the warm GSM8K evals of vllm-variants and vllm once more, back to back (run it last,
+#                   with the other GPUs idle: an idle host's figures)
 #   openrlhf        OpenRLHF SFT runs: one plain, the same with --group-by-length
 #                   --no-gradient-checkpointing --micro-batch 32, that with Liger's kernels, a second
 #                   plain one (it must load DeepSpeed's ops, not build them), the fast one with
@@ -26,10 +28,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
-: "${STAGES:=vllm transformers engine-seed vllm-variants openrlhf variants continuous decode-steps}"
+: "${STAGES:=vllm transformers engine-seed vllm-variants openrlhf variants continuous decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
+V2048=(--max-num-seqs 2048 --max-cudagraph-size 2048) V2048_CACHE="$RUNS/vllm-cache-seqs2048-graphs2048"
 
 vllm_sampling() {  # NAME MODE (upft, full) [FLAGS...] -> RUNS/MODE-vllm-NAME
   local mode=(--mode full); [ "$2" = upft ] && mode=(--mode upft --L 32 --p 0.1)
@@ -54,15 +57,19 @@ transformers() {
 }
 vllm-variants() {  # the eval twice in its own compile cache (the first run fills it, the second is
   # compared with eval-vllm-warm), then UPFT and full sampling with the same flags
-  local flags=(--max-num-seqs 2048 --max-cudagraph-size 2048) cache="$RUNS/vllm-cache-seqs2048-graphs2048"
   for run in seqs2048-graphs2048-cold seqs2048-graphs2048; do
-    VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${flags[@]}" \
+    VLLM_CACHE_ROOT=$V2048_CACHE python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${V2048[@]}" \
       --out "$RUNS/eval-vllm-$run"
   done
-  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048 "$mode" "${flags[@]}"; done
+  for mode in upft full; do VLLM_CACHE_ROOT=$V2048_CACHE vllm_sampling seqs2048-graphs2048 "$mode" "${V2048[@]}"; done
   for mode in upft full; do  # and with the engine's seed alone (faster sampling; a draw depends on its batch)
-    VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048-engine "$mode" "${flags[@]}" --engine-seed
+    VLLM_CACHE_ROOT=$V2048_CACHE vllm_sampling seqs2048-graphs2048-engine "$mode" "${V2048[@]}" --engine-seed
   done
+}
+repeat() {  # after vllm-variants and vllm (their compile caches warm): each warm eval once more
+  VLLM_CACHE_ROOT=$V2048_CACHE python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${V2048[@]}" \
+    --out "$RUNS/eval-vllm-seqs2048-graphs2048-repeat"
+  python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --out "$RUNS/eval-vllm-warm-repeat"
 }
 sft() {  # one OpenRLHF run on the SFT set, on one GPU
   PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
@@ -107,7 +114,7 @@ decode-steps() {
       --out "$RUNS/decode_steps.json"
 }
 
-GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants openrlhf variants continuous decode-steps "
+GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants openrlhf variants continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done

@@ -12,6 +12,7 @@ Sampling and evaluation times are the stages' own (decoding and grading), with t
 are the same stages with a setting that may be faster (``--engine-seed``, ``--compile-decode never``,
 ``--continuous-batching``, ``--max-num-seqs``, ``--max-cudagraph-size``): a default changes only after
 they win.
+``eval_repeats`` are evaluations run once more (bench.sh's repeat group), by the stage they repeat.
 ``transformers_decode_steps`` is scripts/gpu/decode_steps.py's step times, where it ran.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
 """
@@ -94,23 +95,29 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
         "gsm8k_accuracy": {"vllm_cold": cold.get("accuracy"), "vllm_warm": warm.get("accuracy"),
                            "transformers": tf.get("accuracy")},
         "eval_variants": {k: _eval(at[v], v) for k, v in variants.items() if v in done},
+        # bench.sh's repeat group: a warm eval run again (idle host), keyed by the stage it repeats
+        "eval_repeats": {name: _eval(f, f"{name}-repeat") for name in [*evals, *variants.values()]
+                         if (f := next((f for f in folders if (f / f"{name}-repeat" / "manifest.json").is_file()),
+                                       None))},
         "openrlhf": {"tokens_per_s_per_gpu": tr[0]["timing"]["tokens_per_s_per_gpu"] if tr else None,
                      "phases_s": tr[0]["timing"] if tr else None,
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
-                     **{key: _fast(at["openrlhf-1"], at[name], name) if {"openrlhf-1", name} <= done else None
-                        for key, name in fast.items()}},
+                     **{key: _fast(at[name], name) if name in done else None for key, name in fast.items()}},
         "transformers_decode_steps": read_json(steps)["results"] if steps else None,
     }
 
 
-def _fast(first: Path, runs: Path, name: str) -> dict:
+def _fast(runs: Path, name: str) -> dict | None:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
     ``openrlhf-fast16`` and ``-fast32`` --micro-batch 16 and 32; ``openrlhf-liger32`` adds Liger's
     fused kernels): the same steps (same seed, so the same rows per step) computed with less padding,
     no recomputation and fewer micro-batches. Its loss must follow the
-    first run's step by step; the figures say what the settings buy."""
-    check = compare_losses(first / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
+    first run's step by step; the figures say what the settings buy. The first run is the one in the
+    same folder (another lease drew its own training set); None where that folder has none."""
+    if not (runs / "openrlhf-1" / "manifest.json").is_file():
+        return None
+    check = compare_losses(runs / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
     timing = read_json(runs / name / "manifest.json")["timing"]
     return {"tokens_per_s_per_gpu": timing["tokens_per_s_per_gpu"], "phases_s": timing,
             "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"]}
