@@ -126,8 +126,9 @@ def test_cli_all_benchmarks_with_a_real_judge_and_table(tmp_path, model_path):
     assert all({"judge", "judge_correct", "rule_correct"} <= set(x) for x in judged)
     for name in b:
         assert b[name]["wall_s"] > 0 and b[name]["tokens_per_s"] > 0
-        parts = [b[name][k] for k in ("generate_s", "grade_s", "write_s")]  # where the wall time went
-        assert min(parts) > 0 and sum(parts) <= b[name]["wall_s"]
+        # where the wall time went: nothing but loop bookkeeping is left out
+        parts = [b[name][k] for k in ("generate_s", "grade_s", "write_s", "grader_pool_s")]
+        assert min(parts) > 0 and sum(parts) <= b[name]["wall_s"] < sum(parts) + 0.5
     assert summary["environment"]["packages"]["math-verify"] and summary["settings"]["style"] == "boxed"
     man = json.loads((tmp_path / "eval" / "manifest.json").read_text())
     assert man["backend_start_s"] > 0  # how it ran travels with the results, apart from what it measured:

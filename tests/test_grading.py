@@ -163,9 +163,11 @@ def test_grader_times_out_hanging_item_and_continues() -> None:
         ("choice", "Answer: A", "A"),
     ]
     with Grader(grade_fn=sleepy_grade) as grader:
+        first_pool_s = grader.pool_s  # starting the first pool
         start = time.monotonic()
         results = grader.grade(items, timeout_s=2.0)
         elapsed = time.monotonic() - start
+        replacing_s = grader.pool_s - first_pool_s  # two pools stopped and started again
     timeout = {"correct": False, "pred": None, "error": "timeout"}
     assert results == [
         {"correct": True, "pred": "2"},
@@ -175,6 +177,7 @@ def test_grader_times_out_hanging_item_and_continues() -> None:
         {"correct": True, "pred": "A"},
     ]
     assert elapsed < 15
+    assert first_pool_s > 0 and 0 < replacing_s < elapsed and grader.pool_s > first_pool_s + replacing_s  # + the last stop
 
 
 def test_wilson_interval_on_a_small_benchmark() -> None:

@@ -56,6 +56,7 @@ def test_perf_json_from_bench_runs(tmp_path):
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "generate_s": None, "grade_s": None,
+                                                              "grader_pool_s": None,
                                                               "finished": "2026-11-28T04:25:00"}
     split = p["eval_variants"]["vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048"]
     assert (split["generate_s"], split["grade_s"]) == (18.12, 0.46)
@@ -70,6 +71,7 @@ def test_perf_json_from_bench_runs(tmp_path):
     _w(tmp_path / "eval-vllm-warm-repeat" / "manifest.json", {"backend_start_s": 41.0, "finished": "2026-11-28T16:00:00"})
     assert collect([tmp_path])["eval_repeats"] == {"eval-vllm-warm": {
         "s": 19.0, "start_s": 41.0, "tokens_per_s": 21_000, "accuracy": 61.5, "generate_s": 16.0, "grade_s": 1.0,
+        "grader_pool_s": None,
         "finished": "2026-11-28T16:00:00"}}
     assert p["transformers_gsm8k_cold_s"] == 50.0  # decoding + the backend's start: a cold start in full
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 21_000 and p["openrlhf"]["second_run_phases_s"]["op_load_s"] == 0.5

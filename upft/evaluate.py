@@ -172,6 +172,7 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
                 writer.append(new)
             new_tokens += sum(len(r.token_ids) for r in batch)
             rows.extend(new)
+    split["grader_pool_s"] = grader.pool_s
     wall = writer.prior_s + time.time() - t0  # killed earlier runs of this benchmark included
     grader_note = {"math": "math-verify (gold parsed first)", "choice": "letter of the last answer statement"}
     graded = {"grader": grader_note.get(bench.kind)}
@@ -180,8 +181,8 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
     writer.finish()
     summary = {"benchmark": name, **summarise(rows, s.n), **graded, "n_unparsed_gold": unparsed,
                "max_new_tokens": s.budget(name),
-               # wall time = generation + grading + writing + the grader pool's start and stop (this
-               # run's parts; a resumed run's wall also holds the killed runs' time)
+               # wall time = waiting on the backend + grading + writing + the grader pool's start and
+               # stop (this run's parts; a resumed run's wall also holds the killed runs' time)
                "style": s.style, "wall_s": wall, **split,
                # generated tokens per second of generation (wall time minus grading)
                "tokens_per_s": new_tokens / (wall - split["grade_s"]) if new_tokens else None}

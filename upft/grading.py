@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.pool import Pool
@@ -209,9 +210,10 @@ class Grader:
         # Takes effect only if no fork server runs yet; otherwise each worker imports this module.
         self._ctx.set_forkserver_preload(["__main__", __name__])
         self._pool: Pool | None = None
+        self.pool_s = 0.0  # seconds spent starting and stopping pools, on the caller's clock
 
     def __enter__(self) -> Grader:
-        self._pool = self._ctx.Pool(self._workers)
+        self._start()
         return self
 
     def __exit__(
@@ -222,11 +224,18 @@ class Grader:
     ) -> None:
         self._stop()
 
+    def _start(self) -> None:
+        t0 = time.time()
+        self._pool = self._ctx.Pool(self._workers)
+        self.pool_s += time.time() - t0
+
     def _stop(self) -> None:
         if self._pool is not None:
+            t0 = time.time()
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+            self.pool_s += time.time() - t0
 
     def grade(
         self, items: Sequence[tuple[str, str, str]], timeout_s: float = 10.0
@@ -249,5 +258,5 @@ class Grader:
             except multiprocessing.TimeoutError:
                 results.append({"correct": False, "pred": None, "error": "timeout"})
                 self._stop()
-                self._pool = self._ctx.Pool(self._workers)
+                self._start()
         return results

@@ -40,8 +40,9 @@ def _eval(runs: Path, name: str) -> dict:
     start = m.get("backend_start_s")
     return {"s": round(s["wall_s"], 1), "start_s": round(start, 1) if start is not None else None,
             "tokens_per_s": round(s["tokens_per_s"]), "accuracy": round(s["accuracy"], 2),
-            # the wall time's split (summaries from 2026-11-28 on): waiting on the backend, grading
-            **{k: round(s[k], 2) if k in s else None for k in ("generate_s", "grade_s")},
+            # the wall time's split (summaries from 2026-11-28 on): waiting on the backend, grading,
+            # starting and stopping the grader's pool (from lease 12 on)
+            **{k: round(s[k], 2) if k in s else None for k in ("generate_s", "grade_s", "grader_pool_s")},
             "finished": m.get("finished")}
 
 
