@@ -291,6 +291,41 @@ def test_deepspeed_op_loads_are_timed(openrlhf_sft, capsys, monkeypatch):
     assert capsys.readouterr().out == ""
 
 
+def test_a_profile_of_training_micro_steps(openrlhf_sft, capsys, monkeypatch):
+    """install(profile_steps=N) runs OpenRLHF's training loop under torch.profiler: after the first
+    PROFILE_SKIP + 1 micro-steps (each ending at the strategy's optimizer_step), N are recorded and rank
+    0 prints their wall time and op table; a run too short says so. The loop and the strategy are
+    stand-ins for OpenRLHF's (which need a model under DeepSpeed): each micro-step is one matmul."""
+    import torch
+    from openrlhf.utils.deepspeed import deepspeed as ds
+
+    from upft.openrlhf_sft import PROFILE_SKIP, install, profiled
+
+    plain = openrlhf_sft.SFTTrainer.fit
+    install("sample", profile_steps=3)
+    assert openrlhf_sft.SFTTrainer.fit.__wrapped__.__wrapped__ is plain  # timed(profiled(fit))
+
+    class Strategy:
+        def optimizer_step(self, x):
+            return (x @ x).sum()
+
+    def fit(self, strategy, n):
+        x = torch.randn(32, 32)
+        return [strategy.optimizer_step(x) for _ in range(n)]
+
+    monkeypatch.setenv("RANK", "0")
+    loop = profiled(fit, Strategy, 3)
+    assert len(loop(None, Strategy(), 12)) == 12 and Strategy.optimizer_step.__name__ == "optimizer_step"
+    out = capsys.readouterr().out
+    assert "[upft] profile: 3 micro-steps in " in out and "aten::mm" in out and "the run ended" not in out
+    assert len(loop(None, Strategy(), PROFILE_SKIP + 2)) == PROFILE_SKIP + 2  # one profiled micro-step of 3
+    assert "the run ended 1 micro-steps into the 3 asked for" in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "1")
+    loop(None, Strategy(), 12)
+    assert capsys.readouterr().out == ""
+    assert ds.DeepspeedStrategy.optimizer_step.__name__ == "optimizer_step"  # OpenRLHF's own, untouched here
+
+
 def test_openrlhf_tokenizes_with_the_processes_asked_for(openrlhf_sft, tok, monkeypatch):
     """install(data_procs=N) reaches the num_proc of OpenRLHF's own SFTDataset map (hard-wired to 8
     there); a caller's explicit num_processors still wins."""

@@ -75,10 +75,13 @@ def test_tokenizing_processes_follow_the_set_size(data, tmp_path):
     big = tmp_path / "big.jsonl"
     big.write_text(data.read_text() * 40_000)
     assert (procs(data), procs(big), procs(data, "--data-procs", "4")) == (1, 3, 4)
-    assert split_args(["--upft.data_procs=2", "--x"]) == ("sample", False, 2, ["--x"])
-    for bad in (["--upft.data_procs", "0"], ["--upft.data_procs=x"], ["--upft.data_procs"]):
-        with pytest.raises(SystemExit, match="data_procs must be a whole number >= 1"):
-            split_args(bad)
+    assert split_args(["--upft.data_procs=2", "--x"]) == ("sample", False, 2, 0, ["--x"])
+    # a profile of N micro-steps, passed after -- to train_sft.sh
+    assert split_args(["--x", "--upft.profile_steps", "8", "--ds.y"]) == ("sample", False, None, 8, ["--x", "--ds.y"])
+    for flag in ("data_procs", "profile_steps"):
+        for bad in ([f"--upft.{flag}", "0"], [f"--upft.{flag}=x"], [f"--upft.{flag}"]):
+            with pytest.raises(SystemExit, match=f"{flag} must be a whole number >= 1"):
+                split_args(bad)
     with pytest.raises(UserError, match="data_procs must be at least 0"):
         parse(["--data", str(data), "--model", "m", "--out", "o", "--data-procs", "-1"])
 

@@ -33,7 +33,7 @@ def _bench(root: Path) -> None:
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0, **split})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
-    for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("fast32", 45_000),
+    for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("profile", 20_000),
                    ("liger32", 50_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
@@ -79,7 +79,7 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert (fast["tokens_per_s_per_gpu"], fast["steps"], fast["max_abs_loss_diff"]) == (30_000, [3, 3], 0.01)
     fast16 = p["openrlhf"]["fast_micro_batch_16"]
     assert (fast16["tokens_per_s_per_gpu"], fast16["max_abs_loss_diff"]) == (40_000, 0.0)
-    assert p["openrlhf"]["fast_micro_batch_32"]["tokens_per_s_per_gpu"] == 45_000
+    assert "openrlhf-profile" not in json.dumps(p)  # a profiled run's times are not figures
     assert p["openrlhf"]["fast_micro_batch_32_liger"]["tokens_per_s_per_gpu"] == 50_000
 
 
@@ -110,8 +110,8 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect([tmp_path])
 
 
-OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-fast32", "openrlhf-liger32", "openrlhf-2",
-            "openrlhf-fast16", "openrlhf-fast"]
+OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16",
+            "openrlhf-liger32", "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
@@ -368,5 +368,10 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     assert runs["full-vllm-sft"][0] == str(tmp_path / "runs" / "vllm-cache-sft") and "--L" not in runs["full-vllm-sft"]
     liger = runs["openrlhf-liger32"]
     assert liger[-2:] == ["--", "--ds.use_liger_kernel"]  # and otherwise the micro-batch 32 run's command
-    assert liger[:-2] == [w.replace("openrlhf-fast32", "openrlhf-liger32") for w in runs["openrlhf-fast32"]]
+    fast16 = runs["openrlhf-fast16"]
+    assert fast16.count("--micro-batch") == 2 and fast16[-3:-1] == ["16", "--out"]  # bench's 8, then 16
+    assert liger[:-2] == [*fast16[:-3], "32", "--out", fast16[-1].replace("openrlhf-fast16", "openrlhf-liger32")]
+    profile = runs["openrlhf-profile"]  # the fast run of micro-batch 16, 8 micro-steps profiled
+    assert profile == [*fast16[:-1], fast16[-1].replace("openrlhf-fast16", "openrlhf-profile"), "--",
+                       "--upft.profile_steps", "8"]
     assert not any("liger" in w for name, words in runs.items() if name != "openrlhf-liger32" for w in words)

@@ -36,6 +36,9 @@ step run across two epochs, where the windows sorted here would no longer be its
 rows took 20-31 s of a run's start on an H100 host (``results/gpu/bench/bench-lease7.log``), and
 one process was several times faster than eight on a 2-core CPU.
 
+``--upft.profile_steps N`` (pass it after ``--`` to ``scripts/train_sft.sh``) profiles N micro-steps
+of the training loop with ``torch.profiler`` and prints where their time went (``profiled``).
+
 Rank 0 also prints a timestamped ``[upft] phase NAME TIME`` line when the process starts and
 around DeepSpeed's set-up (``prepare``: engine, optimizer, op loads), the training loop (``fit``)
 and the save, so the launcher can say where a run's wall time went (``upft.openrlhf_launcher.timing``),
@@ -56,30 +59,31 @@ from upft.errors import UserError
 LOSS_FLAG = "--upft.loss_avg"
 GROUP_FLAG = "--upft.group_by_length"
 PROCS_FLAG = "--upft.data_procs"
+PROFILE_FLAG = "--upft.profile_steps"
 
 
-def split_args(argv: list[str]) -> tuple[str, bool, int | None, list[str]]:
-    """Our ``--upft.loss_avg VALUE``, ``--upft.group_by_length`` and ``--upft.data_procs N``, and the
-    flags that go to OpenRLHF unchanged."""
-    rest, loss_avg, group, procs = [], "sample", False, None
+def split_args(argv: list[str]) -> tuple[str, bool, int | None, int, list[str]]:
+    """Our ``--upft.loss_avg VALUE``, ``--upft.group_by_length``, ``--upft.data_procs N`` and
+    ``--upft.profile_steps N`` (0: off), and the flags that go to OpenRLHF unchanged."""
+    rest, loss_avg, group, counts = [], "sample", False, {PROCS_FLAG: None, PROFILE_FLAG: 0}
     it = iter(argv)
     for arg in it:
         name, eq, value = arg.partition("=")
-        if name in (LOSS_FLAG, PROCS_FLAG):
+        if name in (LOSS_FLAG, PROCS_FLAG, PROFILE_FLAG):
             value = value if eq else next(it, "")
             if name == LOSS_FLAG:
                 loss_avg = value
             elif not value.isdigit() or int(value) < 1:
-                raise SystemExit(f"error: {PROCS_FLAG} must be a whole number >= 1, got '{value}'")
+                raise SystemExit(f"error: {name} must be a whole number >= 1, got '{value}'")
             else:
-                procs = int(value)
+                counts[name] = int(value)
         elif arg == GROUP_FLAG:
             group = True
         else:
             rest.append(arg)
     if loss_avg not in ("sample", "token"):
         raise SystemExit(f"error: {LOSS_FLAG} must be 'sample' or 'token', got '{loss_avg}'")
-    return loss_avg, group, procs, rest
+    return loss_avg, group, counts[PROCS_FLAG], counts[PROFILE_FLAG], rest
 
 
 PHASE = "[upft] phase"
@@ -129,6 +133,64 @@ def timed_op_load(load):
     return wrapper
 
 
+PROFILE_SKIP = 4  # micro-steps left out before the profile: the first ones pay for warm-up and allocation
+
+
+def profiled(fit, strategy_cls, steps: int):
+    """``fit`` (the trainer's loop) under ``torch.profiler`` for ``steps`` micro-steps, after
+    ``PROFILE_SKIP``; a micro-step ends at each ``strategy_cls.optimizer_step`` (OpenRLHF calls it
+    after every micro-batch). Rank 0 then prints the window's wall time and the ops that took the
+    most GPU time (CPU time without a GPU); the table's footer gives the GPU's and the CPU's totals.
+    Where a training step's time goes when its tokens/s fall short (issue 14)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    gpu = torch.cuda.is_available()
+    sort = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+
+    def now() -> float:
+        if gpu:
+            torch.cuda.synchronize()
+        return time.time()
+
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        window = {"start": None, "steps": 0}
+
+        def report(prof) -> None:
+            if rank0() and window["start"] is not None:
+                print(f"[upft] profile: {window['steps']} micro-steps in {now() - window['start']:.3f} s\n"
+                      + prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
+
+        def ticking(step):
+            @functools.wraps(step)
+            def tick(*a, **k):
+                out = step(*a, **k)
+                if window["start"] is not None:
+                    window["steps"] += 1
+                prof.step()
+                if prof.step_num == PROFILE_SKIP + 1:  # the recorded window starts now
+                    window["start"] = now()
+                return out
+            return tick
+
+        plain = strategy_cls.optimizer_step
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with profile(activities=activities, on_trace_ready=report,
+                     schedule=schedule(skip_first=PROFILE_SKIP, wait=0, warmup=1, active=steps, repeat=1)) as prof:
+            strategy_cls.optimizer_step = ticking(plain)
+            try:
+                result = fit(self, *args, **kwargs)
+            finally:
+                strategy_cls.optimizer_step = plain
+        if window["steps"] < steps and rank0():
+            print(f"[upft] profile: the run ended {window['steps']} micro-steps into the {steps} asked for "
+                  f"(the first {PROFILE_SKIP + 1} are not profiled)", flush=True)
+        return result
+
+    return wrapper
+
+
 def length_grouped(sampler_cls):
     """OpenRLHF's DistributedSampler, its indices sorted by row length within each window of
     ``window`` (one rank's rows of one optimizer step; the option above)."""
@@ -157,7 +219,8 @@ def one_end_per_row(tokenizer):
     return tokenizer
 
 
-def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None = None) -> None:
+def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None = None,
+            profile_steps: int = 0) -> None:
     """Apply the four guards (and the options and phase lines) to the imported OpenRLHF modules."""
     import openrlhf.datasets
     import openrlhf.utils
@@ -170,7 +233,8 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
     OpBuilder.load = timed_op_load(OpBuilder.load)
     strategy = ds.DeepspeedStrategy
     strategy.prepare, strategy.save_model = timed(strategy.prepare, "prepare"), timed(strategy.save_model, "save")
-    sft_trainer.SFTTrainer.fit = timed(sft_trainer.SFTTrainer.fit, "fit")
+    fit = profiled(sft_trainer.SFTTrainer.fit, strategy, profile_steps) if profile_steps else sft_trainer.SFTTrainer.fit
+    sft_trainer.SFTTrainer.fit = timed(fit, "fit")
     if data_procs:
         init = openrlhf.datasets.SFTDataset.__init__
 
@@ -215,8 +279,8 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
 
 def main() -> None:
     mark("start")
-    loss_avg, group_by_length, data_procs, rest = split_args(sys.argv[1:])
-    install(loss_avg, group_by_length, data_procs)
+    loss_avg, group_by_length, data_procs, profile_steps, rest = split_args(sys.argv[1:])
+    install(loss_avg, group_by_length, data_procs, profile_steps)
     sys.argv = ["openrlhf.cli.train_sft", *rest]
     runpy.run_module("openrlhf.cli.train_sft", run_name="__main__", alter_sys=True)
 

@@ -64,7 +64,7 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
                 "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048": "eval-vllm-seqs2048-graphs2048",
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
-    fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16", "fast_micro_batch_32": "openrlhf-fast32",
+    fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16",
             "fast_micro_batch_32_liger": "openrlhf-liger32"}
     trains = ("openrlhf-1", "openrlhf-2", *fast.values())
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
@@ -111,7 +111,7 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
 
 def _fast(runs: Path, name: str) -> dict | None:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
-    ``openrlhf-fast16`` and ``-fast32`` --micro-batch 16 and 32; ``openrlhf-liger32`` adds Liger's
+    ``openrlhf-fast16`` --micro-batch 16; ``openrlhf-liger32`` --micro-batch 32 with Liger's
     fused kernels): the same steps (same seed, so the same rows per step) computed with less padding,
     no recomputation and fewer micro-batches. Its loss must follow the
     first run's step by step; the figures say what the settings buy. The first run is the one in the
