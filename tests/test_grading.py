@@ -167,7 +167,7 @@ def test_grader_times_out_hanging_item_and_continues() -> None:
         start = time.monotonic()
         results = grader.grade(items, timeout_s=2.0)
         elapsed = time.monotonic() - start
-        replacing_s = grader.pool_s - first_pool_s  # two pools stopped and started again
+        during = grader.pool_s  # the two replaced pools are grading time, not the context's start or stop
     timeout = {"correct": False, "pred": None, "error": "timeout"}
     assert results == [
         {"correct": True, "pred": "2"},
@@ -177,7 +177,7 @@ def test_grader_times_out_hanging_item_and_continues() -> None:
         {"correct": True, "pred": "A"},
     ]
     assert elapsed < 15
-    assert first_pool_s > 0 and 0 < replacing_s < elapsed and grader.pool_s > first_pool_s + replacing_s  # + the last stop
+    assert first_pool_s > 0 and during == first_pool_s and grader.pool_s > first_pool_s  # + the last stop
 
 
 def test_wilson_interval_on_a_small_benchmark() -> None:

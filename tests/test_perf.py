@@ -117,19 +117,21 @@ VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graph
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
 
 REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
+# what a stand-in leaves in the folder it was to write: a manifest, as a finished stage does
+FINISH = 'finish() { case "$1" in *.json) ;; *) mkdir -p "$1" && : > "$1/manifest.json" ;; esac; }'
 
 
 def _bench_sh(tmp_path: Path, stages: str | None):
     """bench.sh with stand-ins for the GPU programs, each logging the folder it would write (the value
-    after --out) to tmp_path/log."""
+    after --out) to tmp_path/log and leaving a manifest there."""
     import os
     import subprocess
 
     log, bin_ = tmp_path / "log", tmp_path / "bin"
     bin_.mkdir()
     for name in ("python", "bash"):
-        (bin_ / name).write_text(f'#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = --out ] && echo "$2" >> {log}; '
-                                 f'shift; done\nexit 0\n')
+        (bin_ / name).write_text(f'#!/bin/sh\n{FINISH}\nwhile [ $# -gt 0 ]; do [ "$1" = --out ] && '
+                                 f'echo "$2" >> {log} && finish "$2"; shift; done\nexit 0\n')
         (bin_ / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
            "RUNS": str(tmp_path / "runs")}
@@ -148,7 +150,8 @@ def _bench_sh(tmp_path: Path, stages: str | None):
     ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
     ("vllm-variants", VLLM_VARIANTS),
     ("decode-steps", ["decode_steps.json"]),
-    ("repeat", REPEATS),
+    ("vllm vllm-variants repeat", ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
+                                   *VLLM_VARIANTS, *REPEATS]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
             "upft-transformers", "full-transformers", "eval-transformers-cold",
             "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *OPENRLHF,
@@ -161,6 +164,13 @@ def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     OpenRLHF runs first draw the full samples their training set is built from)."""
     assert _bench_sh(tmp_path, stages).returncode == 0
     assert [Path(x).name for x in (tmp_path / "log").read_text().split()] == expected
+
+
+def test_the_repeat_group_needs_the_runs_it_repeats(tmp_path):
+    """In a fresh RUNS the repeat group would time cold starts as repeats of warm ones: refused."""
+    done = _bench_sh(tmp_path, "repeat")
+    assert done.returncode == 2 and not (tmp_path / "log").exists()
+    assert "error: the repeat group repeats eval-vllm-seqs2048-graphs2048, which has not run" in done.stderr
 
 
 def test_bench_refuses_an_unknown_group_before_running_any(tmp_path):
@@ -252,6 +262,9 @@ def test_several_leases_read_as_one(tmp_path):
     assert p["upft_sampling_s"]["vllm"] == 5.0 and p["upft_sampling_s"]["transformers"] == 12.0
     # a fast run is compared with the first run of its own lease (each lease draws its own training set)
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 9_000 and p["openrlhf"]["fast"]["steps"] == [3, 3]
+    lone = tmp_path / "lease0"  # a fast run without its lease's first run: `later`'s pair is taken
+    _w(lone / "openrlhf-fast" / "manifest.json", {"timing": {"tokens_per_s_per_gpu": 1}})
+    assert collect([lone, first, later])["openrlhf"]["fast"]["tokens_per_s_per_gpu"] == 30_000
     (later / "openrlhf-1" / "manifest.json").unlink()
     assert collect([first, later])["openrlhf"]["fast"] is None
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["transformers_decode_steps"] == [{"rows": 200}]
@@ -335,10 +348,11 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
 
     bin_, log = tmp_path / "bin", tmp_path / "log"
     bin_.mkdir()
-    (bin_ / "python").write_text(f'#!/bin/sh\necho "$VLLM_CACHE_ROOT $*" >> {log}\n')
+    (bin_ / "python").write_text(f'#!/bin/sh\necho "$VLLM_CACHE_ROOT $*" >> {log}\n{FINISH}\n'
+                                 'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm-variants openrlhf repeat",
+           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants openrlhf repeat",
            "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,

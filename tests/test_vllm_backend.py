@@ -97,6 +97,24 @@ def test_longest_decodes_reach_the_engine_first_and_finished_draws_stream_back()
     # with a longer interval, finished draws wait for it (here: all in one part at the end)
     assert [len(p) for p in stream(Engine(), dict, items, every_s=60)] == [6]
 
+    class Dropping(Engine):  # an engine that ends a request without an output (as vLLM does an aborted one)
+        def step(self):
+            self.running.pop("q4#0", None)
+            return super().step()
+
+    with pytest.raises(RuntimeError, match="finished without 1 of the draws"):
+        list(stream(Dropping(), dict, items))
+    class Repeating(Engine):  # an engine that reports a finished draw twice
+        def step(self):
+            out = super().step()
+            self.last = out or self.last
+            return out if out else self.last
+
+    with pytest.raises(RuntimeError, match="vLLM returned 'q1#0', not a draw it still had to finish"):
+        list(stream(Repeating(), dict, items))
+    with pytest.raises(RuntimeError, match="two draws with the key 'q1#0'"):
+        list(stream(Engine(), dict, [*items, items[0]]))
+
 
 def test_gpu_groups(monkeypatch):
     monkeypatch.setattr("torch.cuda.device_count", lambda: 4)

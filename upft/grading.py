@@ -210,10 +210,12 @@ class Grader:
         # Takes effect only if no fork server runs yet; otherwise each worker imports this module.
         self._ctx.set_forkserver_preload(["__main__", __name__])
         self._pool: Pool | None = None
-        self.pool_s = 0.0  # seconds spent starting and stopping pools, on the caller's clock
+        self.pool_s = 0.0  # seconds the context's pool took to start and stop (restarts count as grading)
 
     def __enter__(self) -> Grader:
-        self._start()
+        t0 = time.time()
+        self._pool = self._ctx.Pool(self._workers)
+        self.pool_s += time.time() - t0
         return self
 
     def __exit__(
@@ -222,20 +224,15 @@ class Grader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop()
-
-    def _start(self) -> None:
         t0 = time.time()
-        self._pool = self._ctx.Pool(self._workers)
+        self._stop()
         self.pool_s += time.time() - t0
 
     def _stop(self) -> None:
         if self._pool is not None:
-            t0 = time.time()
             self._pool.terminate()
             self._pool.join()
             self._pool = None
-            self.pool_s += time.time() - t0
 
     def grade(
         self, items: Sequence[tuple[str, str, str]], timeout_s: float = 10.0
@@ -258,5 +255,5 @@ class Grader:
             except multiprocessing.TimeoutError:
                 results.append({"correct": False, "pred": None, "error": "timeout"})
                 self._stop()
-                self._start()
+                self._pool = self._ctx.Pool(self._workers)
         return results

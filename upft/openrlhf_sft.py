@@ -155,19 +155,20 @@ def profiled(fit, strategy_cls, steps: int):
 
     @functools.wraps(fit)
     def wrapper(self, *args, **kwargs):
-        window = {"start": None, "steps": 0}
+        window = {"start": None, "end": None, "steps": 0}
 
         def report(prof) -> None:
-            if rank0() and window["start"] is not None:
-                print(f"[upft] profile: {window['steps']} micro-steps in {now() - window['start']:.3f} s\n"
+            if rank0() and window["end"] is not None:
+                print(f"[upft] profile: {window['steps']} micro-steps in {window['end'] - window['start']:.3f} s\n"
                       + prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
 
         def ticking(step):
             @functools.wraps(step)
             def tick(*a, **k):
                 out = step(*a, **k)
-                if window["start"] is not None:
+                if window["start"] is not None and window["steps"] < steps:
                     window["steps"] += 1
+                    window["end"] = now()  # before prof.step(), which may stop the profiler and report
                 prof.step()
                 if prof.step_num == PROFILE_SKIP + 1:  # the recorded window starts now
                     window["start"] = now()

@@ -160,19 +160,30 @@ def stream(engine, sampling_params, items: list[tuple], every_s: float = 1.0) ->
     until then: on one H200 (lease 10) a GSM8K evaluation took 15.7 s, of which 12.4 s decoding and
     0.85 s grading after it. Stepping the engine here, as ``LLM.generate`` does inside, hands finished
     draws over while the rest still decode, so that work overlaps decoding, and a killed run keeps what
-    had finished. Each item's key is its request id (unique within a pass)."""
+    had finished. Each item's key is its request id; every key must come back exactly once (vLLM itself
+    accepts a repeated id, and drops an aborted request without an output)."""
+    pending = set()
     for i in longest_first(items):
         key, prompt, kwargs = items[i]
+        if key in pending:
+            raise RuntimeError(f"two draws with the key {key!r} in one pass")
+        pending.add(key)
         engine.add_request(key, prompt, sampling_params(**kwargs))
     rows, last = [], time.monotonic()
     while engine.has_unfinished_requests():
-        rows += [(o.request_id, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
-                 for o in engine.step() if o.finished]
+        for o in engine.step():
+            if o.finished:
+                if o.request_id not in pending:
+                    raise RuntimeError(f"vLLM returned {o.request_id!r}, not a draw it still had to finish")
+                pending.remove(o.request_id)
+                rows.append((o.request_id, list(o.outputs[0].token_ids), o.outputs[0].finish_reason))
         if rows and time.monotonic() - last >= every_s:
             yield rows
             rows, last = [], time.monotonic()
     if rows:
         yield rows
+    if pending:
+        raise RuntimeError(f"vLLM finished without {len(pending)} of the draws (one: {min(pending)!r})")
 
 
 class VLLMBackend:

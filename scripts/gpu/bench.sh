@@ -67,6 +67,11 @@ vllm-variants() {  # the eval twice in its own compile cache (the first run fill
   done
 }
 repeat() {  # after vllm-variants and vllm (their compile caches warm): each warm eval once more
+  local stage
+  for stage in eval-vllm-seqs2048-graphs2048 eval-vllm-warm; do  # else the repeats would be cold runs
+    [ -f "$RUNS/$stage/manifest.json" ] ||
+      { echo "error: the repeat group repeats $stage, which has not run in $RUNS (run vllm and vllm-variants first)" >&2; return 2; }
+  done
   VLLM_CACHE_ROOT=$V2048_CACHE python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${V2048[@]}" \
     --out "$RUNS/eval-vllm-seqs2048-graphs2048-repeat"
   python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --out "$RUNS/eval-vllm-warm-repeat"

@@ -104,19 +104,20 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                      "phases_s": tr[0]["timing"] if tr else None,
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
-                     **{key: _fast(at[name], name) if name in done else None for key, name in fast.items()}},
+                     **{key: _fast(folders, name) for key, name in fast.items()}},
         "transformers_decode_steps": read_json(steps)["results"] if steps else None,
     }
 
 
-def _fast(runs: Path, name: str) -> dict | None:
+def _fast(folders: list[Path], name: str) -> dict | None:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
     ``openrlhf-fast16`` --micro-batch 16; ``openrlhf-liger32`` --micro-batch 32 with Liger's
     fused kernels): the same steps (same seed, so the same rows per step) computed with less padding,
     no recomputation and fewer micro-batches. Its loss must follow the
-    first run's step by step; the figures say what the settings buy. The first run is the one in the
-    same folder (another lease drew its own training set); None where that folder has none."""
-    if not (runs / "openrlhf-1" / "manifest.json").is_file():
+    first run's step by step; the figures say what the settings buy. Both come from the first folder
+    that finished both (each lease draws its own training set); None where none did."""
+    runs = next((f for f in folders if all((f / n / "manifest.json").is_file() for n in (name, "openrlhf-1"))), None)
+    if runs is None:
         return None
     check = compare_losses(runs / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
     timing = read_json(runs / name / "manifest.json")["timing"]
