@@ -46,6 +46,11 @@ def _eval(runs: Path, name: str) -> dict:
             "finished": m.get("finished")}
 
 
+def _first(folders: list[Path], *stages: str) -> Path | None:
+    """The first of ``folders`` in which every one of ``stages`` finished (wrote its manifest)."""
+    return next((f for f in folders if all((f / name / "manifest.json").is_file() for name in stages)), None)
+
+
 def collect(folders: list[Path], note: str | None = None) -> dict:
     """perf.json from the stages bench.sh finished in ``folders``, each stage from the first folder
     that finished it. A lease can end mid-bench (bench.sh resumes in the next one), so a stage not
@@ -68,8 +73,7 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
             "fast_micro_batch_32_liger": "openrlhf-liger32"}
     trains = ("openrlhf-1", "openrlhf-2", *fast.values())
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
-    found = {name: next((f for f in folders if (f / name / "manifest.json").is_file()), None) for name in stages}
-    at = {name: f for name, f in found.items() if f}  # each finished stage -> the folder it comes from
+    at = {name: f for name in stages if (f := _first(folders, name))}  # each finished stage -> its folder
     done = set(at)
     if not done:
         raise UserError(f"{', '.join(map(str, folders))}: no finished stage of scripts/gpu/bench.sh")
@@ -98,8 +102,7 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
         "eval_variants": {k: _eval(at[v], v) for k, v in variants.items() if v in done},
         # bench.sh's repeat group: a warm eval run again (idle host), keyed by the stage it repeats
         "eval_repeats": {name: _eval(f, f"{name}-repeat") for name in [*evals, *variants.values()]
-                         if (f := next((f for f in folders if (f / f"{name}-repeat" / "manifest.json").is_file()),
-                                       None))},
+                         if (f := _first(folders, f"{name}-repeat"))},
         "openrlhf": {"tokens_per_s_per_gpu": tr[0]["timing"]["tokens_per_s_per_gpu"] if tr else None,
                      "phases_s": tr[0]["timing"] if tr else None,
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
@@ -116,7 +119,7 @@ def _fast(folders: list[Path], name: str) -> dict | None:
     no recomputation and fewer micro-batches. Its loss must follow the
     first run's step by step; the figures say what the settings buy. Both come from the first folder
     that finished both (each lease draws its own training set); None where none did."""
-    runs = next((f for f in folders if all((f / n / "manifest.json").is_file() for n in (name, "openrlhf-1"))), None)
+    runs = _first(folders, name, "openrlhf-1")
     if runs is None:
         return None
     check = compare_losses(runs / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
