@@ -163,7 +163,8 @@ def test_grader_times_out_hanging_item_and_continues() -> None:
         ("choice", "Answer: A", "A"),
     ]
     with Grader(grade_fn=sleepy_grade) as grader:
-        first_pool_s = grader.pool_s  # starting the first pool
+        assert grader.grade(items[:1]) == [{"correct": True, "pred": "2"}]  # waits for the pool's start
+        started = grader.pool_s
         start = time.monotonic()
         results = grader.grade(items, timeout_s=2.0)
         elapsed = time.monotonic() - start
@@ -177,7 +178,37 @@ def test_grader_times_out_hanging_item_and_continues() -> None:
         {"correct": True, "pred": "A"},
     ]
     assert elapsed < 15
-    assert first_pool_s > 0 and during == first_pool_s and grader.pool_s > first_pool_s  # + the last stop
+    assert during == started and grader.pool_s > started  # + the last stop
+
+
+class SlowStart:
+    """A multiprocessing context whose pools take ``delay_s`` to start, as on a busy GPU host where
+    the fork server first imports the evaluation script's torch (lease 12: 3.0-3.4 s)."""
+
+    def __init__(self, ctx, delay_s: float) -> None:
+        self.ctx, self.delay_s, self.pools = ctx, delay_s, []
+
+    def Pool(self, workers: int):  # noqa: N802  (multiprocessing's name)
+        time.sleep(self.delay_s)
+        self.pools.append(self.ctx.Pool(workers))
+        return self.pools[-1]
+
+
+def test_grader_pool_starts_beside_the_caller_and_is_stopped_even_unused() -> None:
+    """Entering does not wait for the pool (decoding goes on meanwhile); the first grade does, and
+    that wait is the pool time. A grader left without grading still stops the pool it started."""
+    from multiprocessing.pool import TERMINATE
+
+    for graded in (True, False):
+        grader = Grader()
+        grader._ctx = slow = SlowStart(grader._ctx, delay_s=1.0)
+        t0 = time.monotonic()
+        with grader:
+            assert time.monotonic() - t0 < 0.5 and grader.pool_s == 0.0
+            if graded:
+                assert grader.grade([("math", r"\boxed{5}", "5")]) == [{"correct": True, "pred": "5"}]
+                assert 0.5 < grader.pool_s < 5  # the start, waited for
+        assert [p._state for p in slow.pools] == [TERMINATE] and grader.pool_s >= 0.5
 
 
 def test_wilson_interval_on_a_small_benchmark() -> None:

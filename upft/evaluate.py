@@ -181,8 +181,9 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
     writer.finish()
     summary = {"benchmark": name, **summarise(rows, s.n), **graded, "n_unparsed_gold": unparsed,
                "max_new_tokens": s.budget(name),
-               # wall time = waiting on the backend + grading + writing + the grader pool's start and
-               # stop (this run's parts; a resumed run's wall also holds the killed runs' time)
+               # wall time = waiting on the backend + grading + writing + waiting for the grader pool's
+               # start (it starts beside decoding) and its stop (this run's parts; a resumed run's
+               # wall also holds the killed runs' time)
                "style": s.style, "wall_s": wall, **split,
                # generated tokens per second of generation (wall time minus grading)
                "tokens_per_s": new_tokens / (wall - split["grade_s"]) if new_tokens else None}
