@@ -34,7 +34,7 @@ def _bench(root: Path) -> None:
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
     for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("profile", 20_000),
-                   ("liger32", 50_000)):
+                   ("liger16", 45_000), ("liger16-zero0", 47_000), ("liger32", 50_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
         (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
@@ -81,6 +81,25 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert (fast16["tokens_per_s_per_gpu"], fast16["max_abs_loss_diff"]) == (40_000, 0.0)
     assert "openrlhf-profile" not in json.dumps(p)  # a profiled run's times are not figures
     assert p["openrlhf"]["fast_micro_batch_32_liger"]["tokens_per_s_per_gpu"] == 50_000
+    assert {k: (v["tokens_per_s_per_gpu"], v["loss_reference"]) for k, v in p["openrlhf"].items() if "liger" in k} == {
+        "fast_micro_batch_16_liger": (45_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0":
+        (47_000, "openrlhf-1"), "fast_micro_batch_32_liger": (50_000, "openrlhf-1")}
+
+
+def test_a_lease_without_a_first_run_compares_its_fast_runs_with_its_fast16(tmp_path):
+    """Lease 12 ran no plain first run: its Liger runs follow its own micro-batch 16 run, never another
+    lease's first run (each lease draws its own training set); micro-batch 16 itself needs a first run."""
+    lease12, earlier = tmp_path / "lease12", tmp_path / "lease11"
+    _bench(earlier)
+    for name, tps in (("openrlhf-fast16", 14_000), ("openrlhf-liger16-zero0", 16_000)):
+        _w(lease12 / name / "manifest.json", {"timing": {"tokens_per_s_per_gpu": tps}})
+        (lease12 / name / "train_log.jsonl").write_text("".join(
+            json.dumps({"step": s, "loss_mean": 1.0 / s + (0.002 if "liger" in name else 0)}) + "\n" for s in (1, 2)))
+    o = collect([lease12, earlier])["openrlhf"]
+    liger = o["fast_micro_batch_16_liger_zero_stage_0"]
+    assert (liger["tokens_per_s_per_gpu"], liger["loss_reference"], liger["max_abs_loss_diff"]) == (16_000, "openrlhf-fast16", 0.002)
+    assert o["fast_micro_batch_16"]["tokens_per_s_per_gpu"] == 40_000  # lease 12's has no first run beside it
+    assert o["fast_micro_batch_16"]["loss_reference"] == "openrlhf-1"
 
 
 def test_partial_bench_lists_what_is_missing(tmp_path):
@@ -111,7 +130,7 @@ def test_no_finished_stage_is_one_error(tmp_path):
 
 
 OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16",
-            "openrlhf-liger32", "openrlhf-fast"]
+            "openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-liger32", "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
@@ -266,7 +285,8 @@ def test_several_leases_read_as_one(tmp_path):
     _w(lone / "openrlhf-fast" / "manifest.json", {"timing": {"tokens_per_s_per_gpu": 1}})
     assert collect([lone, first, later])["openrlhf"]["fast"]["tokens_per_s_per_gpu"] == 30_000
     (later / "openrlhf-1" / "manifest.json").unlink()
-    assert collect([first, later])["openrlhf"]["fast"] is None
+    o = collect([first, later])["openrlhf"]  # no first run beside them: fast16 is the loss reference
+    assert o["fast"]["loss_reference"] == "openrlhf-fast16" and o["fast_micro_batch_16"] is None
     assert p["device"] == "NVIDIA H100 80GB HBM3" and p["transformers_decode_steps"] == [{"rows": 200}]
     for name in ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold"):  # only variants in the folders
         for f in (later / name).iterdir():
@@ -276,8 +296,7 @@ def test_several_leases_read_as_one(tmp_path):
 
 
 @pytest.mark.parametrize("runs, committed", [(["results/gpu/bench"], "results/gpu/perf-h100.json"),
-                                             (["results/gpu/bench-h200/lease11", "results/gpu/bench-h200/lease9c",
-                                               "results/gpu/bench-h200/lease10"],
+                                             ([f"results/gpu/bench-h200/lease{n}" for n in ("11", "12", "9c", "10")],
                                               "results/gpu/perf.json")])
 def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     """The README's speed tables quote these files: each must be what perf.py collects from the run
@@ -380,12 +399,20 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     assert warm[0] == str(tmp_path / "runs" / "vllm-cache") and "--max-num-seqs" not in warm and "--backend" in warm
     # the SFT set's draw: its own cache, so the vllm group's cold start can run at once on another GPU
     assert runs["full-vllm-sft"][0] == str(tmp_path / "runs" / "vllm-cache-sft") and "--L" not in runs["full-vllm-sft"]
-    liger = runs["openrlhf-liger32"]
-    assert liger[-2:] == ["--", "--ds.use_liger_kernel"]  # and otherwise the micro-batch 32 run's command
     fast16 = runs["openrlhf-fast16"]
     assert fast16.count("--micro-batch") == 2 and fast16[-3:-1] == ["16", "--out"]  # bench's 8, then 16
-    assert liger[:-2] == [*fast16[:-3], "32", "--out", fast16[-1].replace("openrlhf-fast16", "openrlhf-liger32")]
-    profile = runs["openrlhf-profile"]  # the fast run of micro-batch 16, 8 micro-steps profiled
-    assert profile == [*fast16[:-1], fast16[-1].replace("openrlhf-fast16", "openrlhf-profile"), "--",
-                       "--upft.profile_steps", "8"]
-    assert not any("liger" in w for name, words in runs.items() if name != "openrlhf-liger32" for w in words)
+
+    def like_fast16(name: str, *flags: str) -> list[str]:  # fast16's command with FLAGS before --out NAME
+        return [*fast16[:-2], *flags, "--out", fast16[-1].replace("openrlhf-fast16", name)]
+
+    liger = ["--", "--ds.use_liger_kernel"]  # Liger's kernels, passed through to OpenRLHF
+    assert runs["openrlhf-liger16"] == like_fast16("openrlhf-liger16") + liger
+    zero0 = like_fast16("openrlhf-liger16-zero0", "--zero-stage", "0") + liger  # bench's stage 2, then 0
+    assert runs["openrlhf-liger16-zero0"] == zero0 and zero0.count("--zero-stage") == 2
+    assert runs["openrlhf-liger32"] == [*like_fast16("openrlhf-liger32")[:-3], "32", "--out",
+                                        runs["openrlhf-liger32"][-3]] + liger
+    # the fastest settings, 8 micro-steps profiled
+    assert runs["openrlhf-profile"] == [*like_fast16("openrlhf-profile", "--zero-stage", "0"), *liger,
+                                        "--upft.profile_steps", "8"]
+    with_liger = {name for name, words in runs.items() if "--ds.use_liger_kernel" in words}
+    assert with_liger == {"openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-liger32", "openrlhf-profile"}

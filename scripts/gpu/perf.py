@@ -41,7 +41,8 @@ def _eval(runs: Path, name: str) -> dict:
     return {"s": round(s["wall_s"], 1), "start_s": round(start, 1) if start is not None else None,
             "tokens_per_s": round(s["tokens_per_s"]), "accuracy": round(s["accuracy"], 2),
             # the wall time's split (summaries from 2026-11-28 on): waiting on the backend, grading,
-            # starting and stopping the grader's pool (from lease 12 on)
+            # the grader pool's start and stop (lease 12 on; from lease 13 on only the wait for a start
+            # that runs beside decoding)
             **{k: round(s[k], 2) if k in s else None for k in ("generate_s", "grade_s", "grader_pool_s")},
             "finished": m.get("finished")}
 
@@ -70,7 +71,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048": "eval-vllm-seqs2048-graphs2048",
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
     fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16",
-            "fast_micro_batch_32_liger": "openrlhf-liger32"}
+            "fast_micro_batch_16_liger": "openrlhf-liger16", "fast_micro_batch_16_liger_zero_stage_0":
+            "openrlhf-liger16-zero0", "fast_micro_batch_32_liger": "openrlhf-liger32"}
     trains = ("openrlhf-1", "openrlhf-2", *fast.values())
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
     at = {name: f for name in stages if (f := _first(folders, name))}  # each finished stage -> its folder
@@ -114,18 +116,23 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
 
 def _fast(folders: list[Path], name: str) -> dict | None:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
-    ``openrlhf-fast16`` --micro-batch 16; ``openrlhf-liger32`` --micro-batch 32 with Liger's
-    fused kernels): the same steps (same seed, so the same rows per step) computed with less padding,
-    no recomputation and fewer micro-batches. Its loss must follow the
-    first run's step by step; the figures say what the settings buy. Both come from the first folder
-    that finished both (each lease draws its own training set); None where none did."""
-    runs = _first(folders, name, "openrlhf-1")
-    if runs is None:
+    ``openrlhf-fast16`` --micro-batch 16; ``openrlhf-liger16`` that with Liger's fused kernels,
+    ``openrlhf-liger16-zero0`` also with ZeRO stage 0; ``openrlhf-liger32`` --micro-batch 32 with
+    Liger's): the same steps (same seed, so the same rows per step) computed with less padding, no
+    recomputation and fewer micro-batches. Its loss must follow a run of the same lease step by step
+    (each lease draws its own training set): the first run, or where that lease ran none (lease 12)
+    ``openrlhf-fast16``, which followed it within 0.0003 in leases 10 and 11; ``loss_reference``
+    says which. The figures say what the settings buy. Both come from the first folder that holds
+    the run and a reference; None where none does."""
+    refs = ["openrlhf-1"] + (["openrlhf-fast16"] if name != "openrlhf-fast16" else [])
+    pair = next(((f, ref) for f in folders for ref in refs if _first([f], name, ref)), None)
+    if pair is None:
         return None
-    check = compare_losses(runs / "openrlhf-1" / "train_log.jsonl", runs / name / "train_log.jsonl")
+    runs, ref = pair
+    check = compare_losses(runs / ref / "train_log.jsonl", runs / name / "train_log.jsonl")
     timing = read_json(runs / name / "manifest.json")["timing"]
     return {"tokens_per_s_per_gpu": timing["tokens_per_s_per_gpu"], "phases_s": timing,
-            "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"]}
+            "loss_reference": ref, "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"]}
 
 
 def main(argv: list[str] | None) -> None:
