@@ -211,6 +211,26 @@ def test_grader_pool_starts_beside_the_caller_and_is_stopped_even_unused() -> No
         assert [p._state for p in slow.pools] == [TERMINATE] and grader.pool_s >= 0.5
 
 
+class BrokenStart:
+    """A multiprocessing context whose pools fail to start."""
+
+    def Pool(self, workers: int):  # noqa: N802
+        raise OSError("no processes left")
+
+
+def test_grader_pool_start_failure_is_raised_but_never_hides_the_callers_error() -> None:
+    grader = Grader()
+    grader._ctx = BrokenStart()
+    with pytest.raises(OSError, match="no processes left"):
+        with grader:
+            grader.grade([("math", r"\boxed{5}", "5")])
+    grader = Grader()
+    grader._ctx = BrokenStart()
+    with pytest.raises(KeyError, match="the caller's"):
+        with grader:
+            raise KeyError("the caller's")
+
+
 def test_wilson_interval_on_a_small_benchmark() -> None:
     """1 of 30 right (AIME): Wald gives 0.0-9.8 (its lower end clipped); Wilson 0.6-16.7."""
     from upft.evaluate import summarise, wilson

@@ -232,7 +232,11 @@ class Grader:
         t0 = time.time()
         try:
             if self._starting is not None:  # nothing was graded: the pool still has to start to be stopped
-                self._ready()
+                try:
+                    self._ready()
+                except Exception:
+                    if exc_type is None:  # else the with-block's own error is the one to see
+                        raise
         finally:
             self._stop()
             self.pool_s += time.time() - t0
