@@ -88,6 +88,20 @@ def test_gpqa_records_hold_prompt_permutation_and_letter(tok, backend, tmp_path)
     assert summary["grader"].startswith("letter") and summary["max_new_tokens"] == 8
 
 
+def test_a_slow_grader_pool_start_is_pool_time_not_grading(tok, backend, tmp_path, monkeypatch):
+    """The grader's pool starts beside decoding; where the first batch still waits for it (a busy GPU
+    host: 3.0-3.4 s, lease 12), the wait is grader_pool_s only, so the parts never add up past the wall."""
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("forkserver")
+    real = ctx.Pool
+    monkeypatch.setattr(ctx, "Pool", lambda workers: (time.sleep(3.0), real(workers))[1])
+    b = evaluate_benchmark("gsm8k", tok, backend, tmp_path, EvalSettings(max_new_tokens=2, limit=2), FIXTURE)
+    parts = [b[k] for k in ("generate_s", "grade_s", "write_s", "grader_pool_s")]
+    assert b["grader_pool_s"] > 1.0 and sum(parts) <= b["wall_s"] < sum(parts) + 0.5
+
+
 def test_eval_resumes_a_killed_run_without_regenerating(tok, backend, tmp_path):
     s = EvalSettings(max_new_tokens=6, style="boxed")
     evaluate_benchmark("math500", tok, backend, tmp_path, s, FIXTURE)

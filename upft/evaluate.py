@@ -163,6 +163,7 @@ def evaluate_benchmark(name: str, tokenizer, backend, out_dir: Path, s: EvalSett
                 batch = next(batches, None)
             if batch is None:
                 break
+            grader.ready()  # the first batch waits here for the pool's start (grader_pool_s), not in grade_s
             with _clock(split, "grade_s"):
                 grades = grader.grade([(rule_kind, r.text, meta[r.key]["gold"]) for r in batch], s.grade_timeout_s)
             with _clock(split, "write_s"):

@@ -193,6 +193,13 @@ def _guarded(grade_fn: GradeFn, item: tuple[str, str, str]) -> dict[str, Any]:
         return {"correct": False, "pred": None, "error": repr(exc)}
 
 
+def _stop_started(start: Future[Pool]) -> None:
+    """Stop a pool whose start nobody waited for (run by the starting thread when it is done)."""
+    if start.exception() is None:
+        start.result().terminate()
+        start.result().join()
+
+
 class Grader:
     """Grades items in a pool of worker processes with a hard per-item timeout.
 
@@ -229,26 +236,24 @@ class Grader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._starting is not None:  # never used (or interrupted while waiting): stop it once started
+            self._starting.add_done_callback(_stop_started)
+            self._starting = None
         t0 = time.time()
-        try:
-            if self._starting is not None:  # nothing was graded: the pool still has to start to be stopped
-                try:
-                    self._ready()
-                except Exception:
-                    if exc_type is None:  # else the with-block's own error is the one to see
-                        raise
-        finally:
-            self._stop()
-            self.pool_s += time.time() - t0
+        self._stop()
+        self.pool_s += time.time() - t0
 
-    def _ready(self) -> Pool:
-        """The pool, once started (the time waited for it counts as pool time)."""
+    def ready(self) -> Pool:
+        """The pool, once started; the time waited for it counts as pool time (``pool_s``), so a
+        caller that times its grading calls this first, outside that clock."""
         if self._pool is None:
             if self._starting is None:
                 raise RuntimeError("Grader must be used as a context manager")
             t0 = time.time()
-            self._pool, self._starting = self._starting.result(), None
-            self.pool_s += time.time() - t0
+            try:
+                self._pool, self._starting = self._starting.result(), None
+            finally:
+                self.pool_s += time.time() - t0
         return self._pool
 
     def _stop(self) -> None:
@@ -269,7 +274,7 @@ class Grader:
         """
         results: list[dict[str, Any]] = []
         while len(results) < len(items):
-            pending = self._ready().imap(partial(_guarded, self._grade_fn), items[len(results) :])
+            pending = self.ready().imap(partial(_guarded, self._grade_fn), items[len(results) :])
             try:
                 while len(results) < len(items):
                     results.append(pending.next(timeout_s))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Lease 12 (one H200, device kind nvidia-h200): OpenRLHF runs of bench.sh's `sft` command on the SFT
-# set of bench.sh's openrlhf group, taken from a queue file that grows while the lease runs (one run
-# a line: NAME then the run's flags; END stops), so that what the profile shows can be tried at once.
+# Lease 12 (two H200s, device kind nvidia-h200-x2, a queue per GPU): OpenRLHF runs of bench.sh's `sft`
+# command on the SFT set of bench.sh's openrlhf group, taken from a queue file that grows while the
+# lease runs (one run a line: NAME then the run's flags; END stops; no blank lines), so that what the
+# profile shows can be tried at once.
 #   MODEL=... DATA=... RUNS=/root/bench bash tune.sh QUEUE > RUNS/tune.log
 set -uo pipefail
 queue=${1:?usage: tune.sh QUEUE}
