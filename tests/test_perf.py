@@ -361,7 +361,8 @@ def test_lease_refuses_bad_input_before_starting_anything(tmp_path, args, error)
 def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     """vLLM sampling stages differ only in their flags: --engine-seed for engine-seed's, a variant's
     flags and compile cache for vllm-variants' (the same cache its evaluations filled); the OpenRLHF
-    runs in theirs (the SFT set drawn in its own cache), Liger's kernels for four of them (passed through to OpenRLHF), ZeRO stage 0 for two."""
+    runs in theirs (the SFT set drawn in its own cache), Liger's kernels for four of them (passed
+    through to OpenRLHF), ZeRO stage 0 for two."""
     import os
     import subprocess
 

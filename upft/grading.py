@@ -196,8 +196,9 @@ def _guarded(grade_fn: GradeFn, item: tuple[str, str, str]) -> dict[str, Any]:
 def _stop_started(start: Future[Pool]) -> None:
     """Stop a pool whose start nobody waited for (run by the starting thread when it is done)."""
     if start.exception() is None:
-        start.result().terminate()
-        start.result().join()
+        pool = start.result()
+        pool.terminate()
+        pool.join()
 
 
 class Grader:
