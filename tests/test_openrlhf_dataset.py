@@ -91,6 +91,9 @@ def openrlhf_sft(monkeypatch):
     from deepspeed.ops.op_builder.builder import OpBuilder
 
     monkeypatch.setattr(OpBuilder, "load", OpBuilder.load)
+    import openrlhf.models.actor
+
+    monkeypatch.setattr(openrlhf.models.actor.Actor, "__init__", openrlhf.models.actor.Actor.__init__)
     monkeypatch.setattr(openrlhf_datasets.SFTDataset, "__init__", openrlhf_datasets.SFTDataset.__init__)
     import openrlhf.utils
 
@@ -318,6 +321,7 @@ def test_a_profile_of_training_micro_steps(openrlhf_sft, capsys, monkeypatch):
     assert len(loop(None, Strategy(), 12)) == 12 and Strategy.optimizer_step.__name__ == "optimizer_step"
     out = capsys.readouterr().out
     assert "[upft] profile: 3 micro-steps in " in out and "aten::mm" in out and "the run ended" not in out
+    assert "[upft] profile by input shape:" in out and "[[32, 32], [32, 32]]" in out  # the matmul's inputs
     assert len(loop(None, Strategy(), PROFILE_SKIP + 2)) == PROFILE_SKIP + 2  # one profiled micro-step of 3
     assert "the run ended 1 micro-steps into the 3 asked for" in capsys.readouterr().out
     monkeypatch.setenv("RANK", "1")
@@ -348,3 +352,49 @@ def test_openrlhf_tokenizes_with_the_processes_asked_for(openrlhf_sft, tok, monk
     assert len(openrlhf_datasets.SFTDataset(rows, tok, 64, strategy)) == 1
     openrlhf_datasets.SFTDataset(rows, tok, 64, strategy, num_processors=2)
     assert seen == [1, 2]
+
+
+def test_causal_attention_drops_only_a_right_padding_mask_and_changes_no_trained_output(openrlhf_sft, tok, model_path,
+                                                                                        monkeypatch):
+    """install(causal_attention=True): OpenRLHF's real Actor around the real model gives the same log
+    probabilities at every real position of a right-padded batch (as OpenRLHF's SFT collate pads),
+    while SDPA gets no mask and is_causal; a left-padded batch keeps its mask."""
+    import torch
+    import torch.nn.functional as F
+
+    from openrlhf.utils.utils import zero_pad_sequences
+    from openrlhf.models.actor import Actor
+    from upft.openrlhf_sft import install
+
+    rows = [tok(t, return_tensors="pt")["input_ids"] for t in ("One two three four five six.", "Seven", "Eight nine ten")]
+    masks: list = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        masks.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+
+    def logprobs(actor, side: str) -> list[torch.Tensor]:
+        ids = zero_pad_sequences(rows, side, tok.pad_token_id)
+        mask = zero_pad_sequences([torch.ones_like(r) for r in rows], side)
+        masks.clear()
+        with torch.no_grad():
+            out = actor(ids, attention_mask=mask, return_logprobs=True)
+        real = mask[:, 1:].bool()  # the positions that predict a real next token
+        return [out[i][real[i]] for i in range(len(rows))]
+
+    def actor() -> Actor:  # as OpenRLHF's train_sft builds it (in bf16), then float32 to compare closely
+        return Actor(model_path, attn_implementation="sdpa").float().eval()
+
+    plain = {side: logprobs(actor(), side) for side in ("right", "left")}
+    assert all(m is not None for m, _ in masks)  # OpenRLHF alone always passes a padding mask
+    install("sample", causal_attention=True)
+    causal = actor()
+    right = logprobs(causal, "right")
+    assert masks and all(m is None and c for m, c in masks)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain["right"], right))
+    left = logprobs(causal, "left")
+    assert all(m is not None for m, _ in masks)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain["left"], left))

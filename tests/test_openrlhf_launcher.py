@@ -59,7 +59,8 @@ def test_loss_weighting_and_pinned_gpus(data, monkeypatch):
     assert "--upft.group_by_length" in grouped
     from upft.openrlhf_sft import split_args  # what our wrapper of OpenRLHF's trainer makes of it
 
-    assert split_args(grouped[grouped.index("upft.openrlhf_sft") + 1:])[:3] == ("sample", True, 1)
+    options = split_args(grouped[grouped.index("upft.openrlhf_sft") + 1:])[0]
+    assert options == {"loss_avg": "sample", "group_by_length": True, "data_procs": 1}
     with pytest.raises(SystemExit):
         parse(["--data", str(data), "--model", "m", "--out", "o", "--loss-avg", "mean"])
 
@@ -70,14 +71,15 @@ def test_tokenizing_processes_follow_the_set_size(data, tmp_path):
 
     def procs(path, *more):
         cmd = command(parse(["--data", str(path), "--model", "m", "--out", "o", *more]))
-        return split_args(cmd[cmd.index("upft.openrlhf_sft") + 1:])[2]
+        return split_args(cmd[cmd.index("upft.openrlhf_sft") + 1:])[0]["data_procs"]
 
     big = tmp_path / "big.jsonl"
     big.write_text(data.read_text() * 40_000)
     assert (procs(data), procs(big), procs(data, "--data-procs", "4")) == (1, 3, 4)
-    assert split_args(["--upft.data_procs=2", "--x"]) == ("sample", False, 2, 0, ["--x"])
-    # a profile of N micro-steps, passed after -- to train_sft.sh
-    assert split_args(["--x", "--upft.profile_steps", "8", "--ds.y"]) == ("sample", False, None, 8, ["--x", "--ds.y"])
+    assert split_args(["--upft.data_procs=2", "--x"]) == ({"loss_avg": "sample", "data_procs": 2}, ["--x"])
+    # a profile of N micro-steps and causal attention, passed after -- to train_sft.sh
+    assert split_args(["--x", "--upft.profile_steps", "8", "--upft.causal_attention", "--ds.y"]) == (
+        {"loss_avg": "sample", "profile_steps": 8, "causal_attention": True}, ["--x", "--ds.y"])
     for flag in ("data_procs", "profile_steps"):
         for bad in ([f"--upft.{flag}", "0"], [f"--upft.{flag}=x"], [f"--upft.{flag}"]):
             with pytest.raises(SystemExit, match=f"{flag} must be a whole number >= 1"):

@@ -31,6 +31,10 @@ length. The step's rows, and so its loss and gradient, are the same; only the pa
 (and the order in which micro-batch gradients are summed changes). One epoch only: OpenRLHF lets a
 step run across two epochs, where the windows sorted here would no longer be its steps.
 
+``--upft.causal_attention`` drops the padding mask of right-padded micro-batches (OpenRLHF's SFT
+batches are), which changes no trained position's output and lets SDPA use its flash kernel
+(``causal_only``).
+
 ``--upft.data_procs N`` sets how many processes OpenRLHF's SFTDataset tokenizes the set with
 (its ``num_processors``, hard-wired to 8 there). Eight cost more than they save on a small set: 1920
 rows took 20-31 s of a run's start on an H100 host (``results/gpu/bench/bench-lease7.log``), and
@@ -57,33 +61,34 @@ from upft.health import check_finite
 from upft.errors import UserError
 
 LOSS_FLAG = "--upft.loss_avg"
-GROUP_FLAG = "--upft.group_by_length"
-PROCS_FLAG = "--upft.data_procs"
-PROFILE_FLAG = "--upft.profile_steps"
+SWITCHES = {"--upft.group_by_length": "group_by_length", "--upft.causal_attention": "causal_attention"}
+COUNTS = {"--upft.data_procs": "data_procs", "--upft.profile_steps": "profile_steps"}
 
 
-def split_args(argv: list[str]) -> tuple[str, bool, int | None, int, list[str]]:
-    """Our ``--upft.loss_avg VALUE``, ``--upft.group_by_length``, ``--upft.data_procs N`` and
-    ``--upft.profile_steps N`` (0: off), and the flags that go to OpenRLHF unchanged."""
-    rest, loss_avg, group, counts = [], "sample", False, {PROCS_FLAG: None, PROFILE_FLAG: 0}
+def split_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """Our flags (``--upft.loss_avg VALUE``, the switches, ``--upft.data_procs N`` and
+    ``--upft.profile_steps N``) as ``install``'s keyword arguments, and the flags that go to OpenRLHF
+    unchanged."""
+    options: dict = {"loss_avg": "sample"}
+    rest = []
     it = iter(argv)
     for arg in it:
         name, eq, value = arg.partition("=")
-        if name in (LOSS_FLAG, PROCS_FLAG, PROFILE_FLAG):
+        if name == LOSS_FLAG or name in COUNTS:
             value = value if eq else next(it, "")
             if name == LOSS_FLAG:
-                loss_avg = value
+                options["loss_avg"] = value
             elif not value.isdigit() or int(value) < 1:
                 raise SystemExit(f"error: {name} must be a whole number >= 1, got '{value}'")
             else:
-                counts[name] = int(value)
-        elif arg == GROUP_FLAG:
-            group = True
+                options[COUNTS[name]] = int(value)
+        elif arg in SWITCHES:
+            options[SWITCHES[arg]] = True
         else:
             rest.append(arg)
-    if loss_avg not in ("sample", "token"):
-        raise SystemExit(f"error: {LOSS_FLAG} must be 'sample' or 'token', got '{loss_avg}'")
-    return loss_avg, group, counts[PROCS_FLAG], counts[PROFILE_FLAG], rest
+    if options["loss_avg"] not in ("sample", "token"):
+        raise SystemExit(f"error: {LOSS_FLAG} must be 'sample' or 'token', got '{options['loss_avg']}'")
+    return options, rest
 
 
 PHASE = "[upft] phase"
@@ -140,7 +145,8 @@ def profiled(fit, strategy_cls, steps: int):
     """``fit`` (the trainer's loop) under ``torch.profiler`` for ``steps`` micro-steps, after
     ``PROFILE_SKIP``; a micro-step ends at each ``strategy_cls.optimizer_step`` (OpenRLHF calls it
     after every micro-batch). Rank 0 then prints the window's wall time and the ops that took the
-    most GPU time (CPU time without a GPU); the table's footer gives the GPU's and the CPU's totals.
+    most GPU time (CPU time without a GPU), then the same by input shape (which tensors: the logits'
+    or a layer's); the tables' footer gives the GPU's and the CPU's totals.
     Where a training step's time goes when its tokens/s fall short (issue 14)."""
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
@@ -160,7 +166,9 @@ def profiled(fit, strategy_cls, steps: int):
         def report(prof) -> None:
             if rank0() and window["end"] is not None:
                 print(f"[upft] profile: {window['steps']} micro-steps in {window['end'] - window['start']:.3f} s\n"
-                      + prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
+                      + prof.key_averages().table(sort_by=sort, row_limit=25)
+                      + "\n[upft] profile by input shape:\n"
+                      + prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=25), flush=True)
 
         def ticking(step):
             @functools.wraps(step)
@@ -177,7 +185,7 @@ def profiled(fit, strategy_cls, steps: int):
 
         plain = strategy_cls.optimizer_step
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-        with profile(activities=activities, on_trace_ready=report,
+        with profile(activities=activities, on_trace_ready=report, record_shapes=True,
                      schedule=schedule(skip_first=PROFILE_SKIP, wait=0, warmup=1, active=steps, repeat=1)) as prof:
             strategy_cls.optimizer_step = ticking(plain)
             try:
@@ -210,6 +218,19 @@ def length_grouped(sampler_cls):
     return LengthGrouped
 
 
+def causal_only(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A forward pre-hook of the HF model: a right-padded batch goes in without its padding mask and
+    position ids (the option ``--upft.causal_attention``). Every pad comes after its row's last real
+    token, so under the causal mask no real position attends to a pad, and the real positions' ids
+    are 0..n-1 with or without the mask: their outputs are the same, and the pads' are never trained.
+    Without a padding mask SDPA may take its flash kernel, where a mask forces the slower
+    memory-efficient one. A batch padded otherwise keeps its mask."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2 and bool((mask == mask.cumprod(-1)).all()):  # rows of 1s, then 0s
+        kwargs = {**kwargs, "attention_mask": None, "position_ids": None}  # ids 0..T-1 (HF's default)
+    return args, kwargs
+
+
 def one_end_per_row(tokenizer):
     """The tokenizer with the end-of-turn token as its eos (guard 4 above)."""
     from upft.models import end_of_turn_token
@@ -221,9 +242,10 @@ def one_end_per_row(tokenizer):
 
 
 def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None = None,
-            profile_steps: int = 0) -> None:
+            profile_steps: int = 0, causal_attention: bool = False) -> None:
     """Apply the four guards (and the options and phase lines) to the imported OpenRLHF modules."""
     import openrlhf.datasets
+    import openrlhf.models.actor
     import openrlhf.utils
     import torch
     from deepspeed.ops.op_builder.builder import OpBuilder
@@ -258,6 +280,15 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
                 ds.DistributedSampler = plain
 
         ds.DeepspeedStrategy.setup_dataloader = setup_grouped
+    if causal_attention:
+        actor_init = openrlhf.models.actor.Actor.__init__
+
+        @functools.wraps(actor_init)
+        def init_causal(self, *args, **kwargs):
+            actor_init(self, *args, **kwargs)
+            self.model.register_forward_pre_hook(causal_only, with_kwargs=True)
+
+        openrlhf.models.actor.Actor.__init__ = init_causal
 
     get_tokenizer = openrlhf.utils.get_tokenizer  # train_sft imports it from here when it runs
     openrlhf.utils.get_tokenizer = functools.wraps(get_tokenizer)(
@@ -280,8 +311,8 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
 
 def main() -> None:
     mark("start")
-    loss_avg, group_by_length, data_procs, profile_steps, rest = split_args(sys.argv[1:])
-    install(loss_avg, group_by_length, data_procs, profile_steps)
+    options, rest = split_args(sys.argv[1:])
+    install(**options)
     sys.argv = ["openrlhf.cli.train_sft", *rest]
     runpy.run_module("openrlhf.cli.train_sft", run_name="__main__", alter_sys=True)
 
