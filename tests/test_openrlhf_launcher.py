@@ -56,11 +56,13 @@ def test_loss_weighting_and_pinned_gpus(data, monkeypatch):
     assert cmd[1] == "--include=localhost:2" and "--num_gpus=1" not in cmd
     assert flags(cmd)["--upft.loss_avg"] == "token"
     grouped = command(parse(["--data", str(data), "--model", "m", "--out", "o", "--group-by-length"]))
-    assert "--upft.group_by_length" in grouped
+    assert "--upft.group_by_length" in grouped and "--upft.causal_attention" not in grouped
     from upft.openrlhf_sft import split_args  # what our wrapper of OpenRLHF's trainer makes of it
 
     options = split_args(grouped[grouped.index("upft.openrlhf_sft") + 1:])[0]
     assert options == {"loss_avg": "sample", "group_by_length": True, "data_procs": 1}
+    causal = command(parse(["--data", str(data), "--model", "m", "--out", "o", "--causal-attention"]))
+    assert split_args(causal[causal.index("upft.openrlhf_sft") + 1:])[0]["causal_attention"] is True
     with pytest.raises(SystemExit):
         parse(["--data", str(data), "--model", "m", "--out", "o", "--loss-avg", "mean"])
 

@@ -75,6 +75,10 @@ class OpenRLHFSettings:
     group_by_length: bool = field(default=False, metadata={
         "help": "each optimizer step's rows go into micro-batches sorted by length: the same step, less "
                 "padding (see upft.openrlhf_sft)"})
+    causal_attention: bool = field(default=False, metadata={
+        "help": "right-padded micro-batches go to attention without their padding mask: the same outputs at "
+                "every trained position, and SDPA's flash kernel instead of its memory-efficient one (see "
+                "upft.openrlhf_sft)"})
     data_procs: int = field(default=0, metadata={
         "help": "processes OpenRLHF tokenizes the set with; 0: one per 20,000 rows, at most 8 (OpenRLHF's "
                 "fixed 8 cost more than they save on small sets, see upft.openrlhf_sft)"})
@@ -220,6 +224,8 @@ def command(job: Job) -> list[str]:
         cmd.append("--model.gradient_checkpointing_enable")
     if a.group_by_length:
         cmd.append("--upft.group_by_length")
+    if a.causal_attention:
+        cmd.append("--upft.causal_attention")
     if a.lora_rank:
         cmd += ["--ds.lora.rank", str(a.lora_rank), "--ds.lora.alpha", str(a.lora_alpha)]
     # run_name is part of the TensorBoard path; OpenRLHF's default holds a ':'
