@@ -93,7 +93,9 @@ def openrlhf_sft(monkeypatch):
     monkeypatch.setattr(OpBuilder, "load", OpBuilder.load)
     import openrlhf.models.actor
 
-    monkeypatch.setattr(openrlhf.models.actor.Actor, "__init__", openrlhf.models.actor.Actor.__init__)
+    for name in ("__init__", "forward"):
+        monkeypatch.setattr(openrlhf.models.actor.Actor, name, getattr(openrlhf.models.actor.Actor, name))
+    monkeypatch.setattr(sft_trainer, "iter_grad_accum_global_norm", sft_trainer.iter_grad_accum_global_norm)
     monkeypatch.setattr(openrlhf_datasets.SFTDataset, "__init__", openrlhf_datasets.SFTDataset.__init__)
     import openrlhf.utils
 
@@ -398,3 +400,69 @@ def test_causal_attention_drops_only_a_right_padding_mask_and_changes_no_trained
     left = logprobs(causal, "left")
     assert all(m is not None for m, _ in masks)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain["left"], left))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_trained_logits_give_openrlhfs_loss_and_gradients_from_the_trained_positions_alone(openrlhf_sft, tok,
+                                                                                             model_path, causal):
+    """install(trained_logits=True): the training loop's micro-batches (through OpenRLHF's own
+    iter_grad_accum_global_norm and SFTLoss, as its trainer calls them) give the same loss and
+    gradients as OpenRLHF's actor, while the output layer sees only the trained positions; any other
+    call (an evaluation's) is OpenRLHF's own. A UPFT set: full rows and short prefix rows; with and
+    without causal attention."""
+    import torch
+    from datasets import Dataset
+
+    from openrlhf.models import SFTLoss
+    from openrlhf.models.actor import Actor
+    from upft.openrlhf_sft import install
+
+    eot = end_of_turn_id(tok)
+    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(RESPONSES)]
+    rows, _ = build_upft(samples, tok, eot, 4)
+    data = SimpleNamespace(input_key="prompt", output_key="response", apply_chat_template=True,
+                           tokenizer_chat_template=None)
+    ds = openrlhf_datasets.SFTDataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]}
+                                                         for r in rows]),
+                                      tok, 512, SimpleNamespace(args=SimpleNamespace(data=data)),
+                                      input_template=None, num_processors=1)
+    window = [ds.collate_fn([ds[0], ds[1]]), ds.collate_fn([ds[2]])]  # one optimizer step, two micro-batches
+    trained = sum(int(b[2][..., :-1].sum()) for b in window)
+
+    def step(actor: Actor) -> tuple[float, dict, list[int]]:
+        seen: list[int] = []  # the rows the output layer computes logits for, per call
+        hook = actor.model.get_output_embeddings().register_forward_hook(
+            lambda m, args, out: seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+        actor.zero_grad()
+        loss_fn, total = SFTLoss(token_level_loss=False), 0.0  # install()'s, before and after it
+        loop = openrlhf_sft.iter_grad_accum_global_norm(window, None, 2, lambda b: b[2].squeeze(1)[:, :-1])
+        for (ids, attn, mask), info in loop:  # the trainer's call, as in sft_trainer.fit
+            logp, _ = actor(ids.squeeze(1), attention_mask=attn.squeeze(1), return_output=True, return_logprobs=True,
+                            ring_attn_group=None)
+            loss = loss_fn(logp, mask.squeeze(1)[:, :-1], **info) / 2  # DeepSpeed's 1/accumulation
+            loss.backward()
+            total += loss.item()
+        hook.remove()
+        return total, {n: p.grad.clone() for n, p in actor.named_parameters() if p.grad is not None}, seen
+
+    def actor() -> Actor:
+        return Actor(model_path, attn_implementation="sdpa").float()
+
+    plain_loss, plain_grads, plain_seen = step(actor())
+    install("sample", trained_logits=True, causal_attention=causal)
+    ours = actor()
+    loss, grads, seen = step(ours)
+    assert math.isclose(loss, plain_loss, rel_tol=1e-5)
+    assert grads.keys() == plain_grads.keys()
+    # both take a float32 log-softmax over the vocabulary, summed in different orders: about 1e-5 apart
+    # per token on this CPU, and each parameter's gradient within 2e-4 of OpenRLHF's (relative to its norm;
+    # in float64 weights too, so not the weights' rounding). A wrong shift or mask is off by far more.
+    assert max(((grads[n] - plain_grads[n]).norm() / plain_grads[n].norm()).item() for n in grads) < 1e-3
+    assert sum(seen) == trained < sum(plain_seen)  # OpenRLHF's: every position of every row
+    ids, attn, _ = window[0]
+    with torch.no_grad():  # outside the loop (an evaluation): OpenRLHF's own path
+        logp = ours(ids.squeeze(1), attention_mask=attn.squeeze(1), return_logprobs=True)
+    assert logp.shape == (2, ids.shape[-1] - 1) and bool(logp.ne(0).all())
+    ours.packing_samples = True
+    with pytest.raises(SystemExit, match="error: --upft.trained_logits: it does not work with --ds.packing_samples"):
+        step(ours)

@@ -61,8 +61,9 @@ def test_loss_weighting_and_pinned_gpus(data, monkeypatch):
 
     options = split_args(grouped[grouped.index("upft.openrlhf_sft") + 1:])[0]
     assert options == {"loss_avg": "sample", "group_by_length": True, "data_procs": 1}
-    causal = command(parse(["--data", str(data), "--model", "m", "--out", "o", "--causal-attention"]))
-    assert split_args(causal[causal.index("upft.openrlhf_sft") + 1:])[0]["causal_attention"] is True
+    fast = command(parse(["--data", str(data), "--model", "m", "--out", "o", "--causal-attention", "--trained-logits"]))
+    options = split_args(fast[fast.index("upft.openrlhf_sft") + 1:])[0]
+    assert options["causal_attention"] is True and options["trained_logits"] is True
     with pytest.raises(SystemExit):
         parse(["--data", str(data), "--model", "m", "--out", "o", "--loss-avg", "mean"])
 

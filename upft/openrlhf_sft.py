@@ -35,6 +35,12 @@ step run across two epochs, where the windows sorted here would no longer be its
 batches are), which changes no trained position's output and lets SDPA use its flash kernel
 (``causal_only``).
 
+``--upft.trained_logits`` computes the training loss's log-probabilities at the trained positions
+only: OpenRLHF's actor turns the logits of every position (151,936 a token for Qwen2.5; prompt and
+padding included) into float32 and takes a log-softmax over all of them, which held most of a
+profiled step's non-matmul GPU time (results/gpu/bench-h200/lease13) and ran micro-batches of 32 out
+of memory. The loss is the same (``trained_forward``).
+
 ``--upft.data_procs N`` sets how many processes OpenRLHF's SFTDataset tokenizes the set with
 (its ``num_processors``, hard-wired to 8 there). Eight cost more than they save on a small set: 1920
 rows took 20-31 s of a run's start on an H100 host (``results/gpu/bench/bench-lease7.log``), and
@@ -61,7 +67,8 @@ from upft.health import check_finite
 from upft.errors import UserError
 
 LOSS_FLAG = "--upft.loss_avg"
-SWITCHES = {"--upft.group_by_length": "group_by_length", "--upft.causal_attention": "causal_attention"}
+SWITCHES = {"--upft.group_by_length": "group_by_length", "--upft.causal_attention": "causal_attention",
+            "--upft.trained_logits": "trained_logits"}
 COUNTS = {"--upft.data_procs": "data_procs", "--upft.profile_steps": "profile_steps"}
 
 
@@ -231,6 +238,68 @@ def causal_only(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return args, kwargs
 
 
+TRAINING_CALL = {"attention_mask", "return_output", "return_logprobs", "ring_attn_group"}  # sft_trainer's
+
+
+def trained_forward(forward, causal: bool, pending: list):
+    """OpenRLHF's ``Actor.forward``, except in the training loop's call (``--upft.trained_logits``):
+    there, with the micro-batch's loss mask that the loop is about to use (``pending``, filled by
+    ``remembering_masks``), the model's final hidden states at the trained positions alone go
+    through the output layer, and each one's log-probability of its next token comes from one
+    float32 cross-entropy. Every other position gets 0, which the loss masks out as it masked out
+    OpenRLHF's values there. The same loss as OpenRLHF's; the logits of prompt and padding positions
+    are never made. ``causal``: as ``causal_only`` does for the model's own call."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import PreTrainedModel
+
+    @functools.wraps(forward)
+    def wrapper(self, sequences, *args, **kwargs):
+        if not pending:  # an evaluation's call, or any other
+            return forward(self, sequences, *args, **kwargs)
+        loss_mask = pending.pop()
+        problems = {"OpenRLHF's trainer called its model in a way this option does not know":
+                    bool(args) or set(kwargs) != TRAINING_CALL,
+                    "it does not work with ring attention": kwargs.get("ring_attn_group") is not None,
+                    "it does not work with --ds.packing_samples": self.packing_samples,
+                    "it needs a plain transformers model (not LoRA)": not isinstance(self.model, PreTrainedModel),
+                    "it does not add a mixture of experts' router loss":
+                    bool(getattr(self.model.config, "output_router_logits", False)),
+                    "it does not scale logits by a temperature": self.temperature != 1.0}
+        for problem in (p for p, found in problems.items() if found):
+            raise SystemExit(f"error: --upft.trained_logits: {problem}")
+        attention_mask = kwargs["attention_mask"]
+        position_ids = attention_mask.long().cumsum(-1) - 1  # as OpenRLHF's Actor.forward
+        position_ids.masked_fill_(attention_mask == 0, 1)
+        model_kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
+        if causal:
+            model_kwargs = causal_only(None, (), model_kwargs)[1]
+        output = self.model.get_decoder()(input_ids=sequences, **model_kwargs)
+        trained = loss_mask.to(sequences.device).squeeze(1)[:, :-1].bool()  # position t predicts token t+1
+        logits = self.model.get_output_embeddings()(output.last_hidden_state[:, :-1][trained])
+        logps = torch.zeros(trained.shape, dtype=torch.float32, device=sequences.device)
+        logps[trained] = -F.cross_entropy(logits.float(), sequences[:, 1:][trained], reduction="none")
+        return (logps, output) if kwargs["return_output"] else logps
+
+    return wrapper
+
+
+def remembering_masks(accumulate, pending: list):
+    """OpenRLHF's ``iter_grad_accum_global_norm`` (the training loop's micro-batches), putting each
+    micro-batch's loss mask in ``pending`` just before the loop runs the model on it."""
+
+    @functools.wraps(accumulate)
+    def wrapper(*args, **kwargs):
+        try:
+            for batch, info in accumulate(*args, **kwargs):
+                pending[:] = [batch[2]]
+                yield batch, info
+        finally:
+            pending.clear()
+
+    return wrapper
+
+
 def one_end_per_row(tokenizer):
     """The tokenizer with the end-of-turn token as its eos (guard 4 above)."""
     from upft.models import end_of_turn_token
@@ -242,7 +311,7 @@ def one_end_per_row(tokenizer):
 
 
 def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None = None,
-            profile_steps: int = 0, causal_attention: bool = False) -> None:
+            profile_steps: int = 0, causal_attention: bool = False, trained_logits: bool = False) -> None:
     """Apply the four guards (and the options and phase lines) to the imported OpenRLHF modules."""
     import openrlhf.datasets
     import openrlhf.models.actor
@@ -289,6 +358,11 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
             self.model.register_forward_pre_hook(causal_only, with_kwargs=True)
 
         openrlhf.models.actor.Actor.__init__ = init_causal
+    if trained_logits:
+        pending: list = []
+        actor = openrlhf.models.actor.Actor
+        actor.forward = trained_forward(actor.forward, causal_attention, pending)
+        sft_trainer.iter_grad_accum_global_norm = remembering_masks(sft_trainer.iter_grad_accum_global_norm, pending)
 
     get_tokenizer = openrlhf.utils.get_tokenizer  # train_sft imports it from here when it runs
     openrlhf.utils.get_tokenizer = functools.wraps(get_tokenizer)(
