@@ -34,7 +34,8 @@ def _bench(root: Path) -> None:
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
     for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("profile", 20_000),
-                   ("liger16", 45_000), ("liger16-zero0", 47_000), ("causal16", 50_000)):
+                   ("liger16", 45_000), ("liger16-zero0", 47_000), ("causal16", 50_000),
+                   ("trained16", 55_000), ("trained32", 60_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
         (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
@@ -83,7 +84,9 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["openrlhf"]["fast_micro_batch_16_liger_zero_stage_0_causal"]["tokens_per_s_per_gpu"] == 50_000
     assert {k: (v["tokens_per_s_per_gpu"], v["loss_reference"]) for k, v in p["openrlhf"].items() if "liger" in k} == {
         "fast_micro_batch_16_liger": (45_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0":
-        (47_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0_causal": (50_000, "openrlhf-1")}
+        (47_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0_causal": (50_000, "openrlhf-1"),
+        "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits": (55_000, "openrlhf-1"),
+        "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": (60_000, "openrlhf-1")}
 
 
 def test_a_lease_without_a_first_run_compares_its_fast_runs_with_its_fast16(tmp_path):
@@ -130,7 +133,8 @@ def test_no_finished_stage_is_one_error(tmp_path):
 
 
 OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16",
-            "openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-causal16", "openrlhf-fast"]
+            "openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-causal16", "openrlhf-trained16",
+            "openrlhf-trained32", "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
@@ -410,10 +414,15 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     assert runs["openrlhf-liger16"] == like_fast16("openrlhf-liger16") + liger
     zero0 = like_fast16("openrlhf-liger16-zero0", "--zero-stage", "0") + liger  # bench's stage 2, then 0
     assert runs["openrlhf-liger16-zero0"] == zero0 and zero0.count("--zero-stage") == 2
-    causal = like_fast16("openrlhf-causal16", "--zero-stage", "0", "--causal-attention") + liger
-    assert runs["openrlhf-causal16"] == causal
-    # the fastest settings, 8 micro-steps profiled
-    assert runs["openrlhf-profile"] == [*like_fast16("openrlhf-profile", "--zero-stage", "0", "--causal-attention"),
-                                        *liger, "--upft.profile_steps", "8"]
+    best = ["--zero-stage", "0", "--causal-attention"]
+    assert runs["openrlhf-causal16"] == like_fast16("openrlhf-causal16", *best) + liger
+    trained = like_fast16("openrlhf-trained16", *best, "--trained-logits") + liger
+    assert runs["openrlhf-trained16"] == trained
+    assert runs["openrlhf-trained32"] == [*fast16[:-3], "32", *best, "--trained-logits", "--out",
+                                          fast16[-1].replace("openrlhf-fast16", "openrlhf-trained32"), *liger]
+    # the candidate settings, 8 micro-steps profiled
+    assert runs["openrlhf-profile"] == [*like_fast16("openrlhf-profile", *best, "--trained-logits"), *liger,
+                                        "--upft.profile_steps", "8"]
     with_liger = {name for name, words in runs.items() if "--ds.use_liger_kernel" in words}
-    assert with_liger == {"openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-causal16", "openrlhf-profile"}
+    assert with_liger == {"openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-causal16", "openrlhf-trained16",
+                          "openrlhf-trained32", "openrlhf-profile"}

@@ -37,9 +37,9 @@ batches are), which changes no trained position's output and lets SDPA use its f
 
 ``--upft.trained_logits`` computes the training loss's log-probabilities at the trained positions
 only: OpenRLHF's actor turns the logits of every position (151,936 a token for Qwen2.5; prompt and
-padding included) into float32 and takes a log-softmax over all of them, which held most of a
-profiled step's non-matmul GPU time (results/gpu/bench-h200/lease13) and ran micro-batches of 32 out
-of memory. The loss is the same (``trained_forward``).
+padding included) into float32 and takes a log-softmax over all of them: the largest share of a
+profiled step's non-matmul GPU time that the profile names (results/gpu/bench-h200/lease13), and
+what ran micro-batches of 32 out of memory. The loss is the same (``trained_forward``).
 
 ``--upft.data_procs N`` sets how many processes OpenRLHF's SFTDataset tokenizes the set with
 (its ``num_processors``, hard-wired to 8 there). Eight cost more than they save on a small set: 1920
