@@ -16,16 +16,27 @@ from upft.models import end_of_turn_id
 openrlhf_datasets = pytest.importorskip("openrlhf.datasets")
 
 
-def openrlhf_trained(tok, rows: list[dict]) -> list[list[int]]:
-    """The ids OpenRLHF's real SFT dataset puts under its loss for each of our rows."""
+def openrlhf_dataset(tok, rows: list[dict]):
+    """OpenRLHF's real SFT dataset of our rows, as its train_sft builds it from our train.jsonl."""
     from datasets import Dataset
 
     data = SimpleNamespace(input_key="prompt", output_key="response", apply_chat_template=True,
                            tokenizer_chat_template=None)
-    strategy = SimpleNamespace(args=SimpleNamespace(data=data))
-    ds = openrlhf_datasets.SFTDataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]}
-                                                         for r in rows]),
-                                      tok, 512, strategy, input_template=None, num_processors=1)
+    return openrlhf_datasets.SFTDataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]}
+                                                           for r in rows]),
+                                        tok, 512, SimpleNamespace(args=SimpleNamespace(data=data)),
+                                        input_template=None, num_processors=1)
+
+
+def upft_rows(tok) -> list[dict]:
+    """A small UPFT set: one full row, then prefix rows of 4 tokens."""
+    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(RESPONSES)]
+    return build_upft(samples, tok, end_of_turn_id(tok), 4)[0]
+
+
+def openrlhf_trained(tok, rows: list[dict]) -> list[list[int]]:
+    """The ids OpenRLHF's real SFT dataset puts under its loss for each of our rows."""
+    ds = openrlhf_dataset(tok, rows)
     assert len(ds) == len(rows)
     out = []
     for i, r in enumerate(rows):
@@ -120,15 +131,8 @@ def test_openrlhf_loss_weighting_is_ours(tok, model_path, openrlhf_sft, loss_avg
 
     install(loss_avg)
     assert not torch.backends.cuda.cudnn_sdp_enabled()
-    eot = end_of_turn_id(tok)
-    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(RESPONSES)]
-    rows, _ = build_upft(samples, tok, eot, 4)
-    data = SimpleNamespace(input_key="prompt", output_key="response", apply_chat_template=True,
-                           tokenizer_chat_template=None)
-    ds = openrlhf_datasets.SFTDataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]}
-                                                         for r in rows]),
-                                      tok, 512, SimpleNamespace(args=SimpleNamespace(data=data)),
-                                      input_template=None, num_processors=1)
+    rows = upft_rows(tok)
+    ds = openrlhf_dataset(tok, rows)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     loss_fn = openrlhf_sft.SFTLoss()
 
@@ -404,30 +408,51 @@ def test_causal_attention_drops_only_a_right_padding_mask_and_changes_no_trained
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_trained_logits_give_openrlhfs_loss_and_gradients_from_the_trained_positions_alone(openrlhf_sft, tok,
-                                                                                             model_path, causal):
+                                                                                             model_path, causal,
+                                                                                             monkeypatch):
     """install(trained_logits=True): the training loop's micro-batches (through OpenRLHF's own
-    iter_grad_accum_global_norm and SFTLoss, as its trainer calls them) give the same loss and
-    gradients as OpenRLHF's actor, while the output layer sees only the trained positions; any other
-    call (an evaluation's) is OpenRLHF's own. A UPFT set: full rows and short prefix rows; with and
-    without causal attention."""
+    iter_grad_accum_global_norm and SFTLoss, as its trainer calls them, the model inside a DeepSpeed
+    engine) give the same loss and gradients as OpenRLHF's actor, while the model still runs through
+    the engine once per micro-batch and its output layer sees only the trained positions; any other
+    call (an evaluation's) is OpenRLHF's own. A UPFT set: full rows and short prefix rows; with causal
+    attention, SDPA gets no mask."""
     import torch
-    from datasets import Dataset
+    import torch.nn.functional as F
 
     from openrlhf.models import SFTLoss
     from openrlhf.models.actor import Actor
     from upft.openrlhf_sft import install
 
-    eot = end_of_turn_id(tok)
-    samples = [fake_sample(tok, i, t, "full" if i == 0 else "prefix") for i, t in enumerate(RESPONSES)]
-    rows, _ = build_upft(samples, tok, eot, 4)
-    data = SimpleNamespace(input_key="prompt", output_key="response", apply_chat_template=True,
-                           tokenizer_chat_template=None)
-    ds = openrlhf_datasets.SFTDataset(Dataset.from_list([{"prompt": r["prompt"], "response": r["response"]}
-                                                         for r in rows]),
-                                      tok, 512, SimpleNamespace(args=SimpleNamespace(data=data)),
-                                      input_template=None, num_processors=1)
+    class Engine(torch.nn.Module):
+        """A stand-in for DeepSpeed's engine, which OpenRLHF's strategy.prepare puts in ``Actor.model``:
+        a plain module around the model (``.module``) that hands unknown attributes to it, whose
+        forward (where DeepSpeed hooks its backward prologue) is counted."""
+
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls, self.config = module, 0, {}  # DeepSpeed's config is a dict
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            return self.module(*args, **kwargs)
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(super().__getattr__("module"), name)
+
+    ds = openrlhf_dataset(tok, upft_rows(tok))
     window = [ds.collate_fn([ds[0], ds[1]]), ds.collate_fn([ds[2]])]  # one optimizer step, two micro-batches
     trained = sum(int(b[2][..., :-1].sum()) for b in window)
+    masks: list = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
 
     def step(actor: Actor) -> tuple[float, dict, list[int]]:
         seen: list[int] = []  # the rows the output layer computes logits for, per call
@@ -445,13 +470,18 @@ def test_trained_logits_give_openrlhfs_loss_and_gradients_from_the_trained_posit
         hook.remove()
         return total, {n: p.grad.clone() for n, p in actor.named_parameters() if p.grad is not None}, seen
 
-    def actor() -> Actor:
-        return Actor(model_path, attn_implementation="sdpa").float()
+    def actor() -> Actor:  # as OpenRLHF's train_sft builds it (bf16), float32 to compare; then in its engine
+        built = Actor(model_path, attn_implementation="sdpa").float()
+        built.model = Engine(built.model)
+        return built
 
     plain_loss, plain_grads, plain_seen = step(actor())
     install("sample", trained_logits=True, causal_attention=causal)
     ours = actor()
+    masks.clear()
     loss, grads, seen = step(ours)
+    assert ours.model.calls == len(window)  # through the engine, once a micro-batch
+    assert all(m is None for m in masks) if causal else any(m is not None for m in masks)  # the padded batch's
     assert math.isclose(loss, plain_loss, rel_tol=1e-5)
     assert grads.keys() == plain_grads.keys()
     # both take a float32 log-softmax over the vocabulary, summed in different orders: about 1e-5 apart

@@ -34,7 +34,7 @@ def _bench(root: Path) -> None:
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
     for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("profile", 20_000),
-                   ("liger16", 45_000), ("liger16-zero0", 47_000), ("causal16", 50_000),
+                   ("liger16", 45_000), ("liger16-zero0", 47_000), ("liger32", 48_000), ("causal16", 50_000),
                    ("trained16", 55_000), ("trained32", 60_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
@@ -84,7 +84,7 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["openrlhf"]["fast_micro_batch_16_liger_zero_stage_0_causal"]["tokens_per_s_per_gpu"] == 50_000
     assert {k: (v["tokens_per_s_per_gpu"], v["loss_reference"]) for k, v in p["openrlhf"].items() if "liger" in k} == {
         "fast_micro_batch_16_liger": (45_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0":
-        (47_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0_causal": (50_000, "openrlhf-1"),
+        (47_000, "openrlhf-1"), "fast_micro_batch_32_liger": (48_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0_causal": (50_000, "openrlhf-1"),
         "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits": (55_000, "openrlhf-1"),
         "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": (60_000, "openrlhf-1")}
 

@@ -238,20 +238,21 @@ def causal_only(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return args, kwargs
 
 
-TRAINING_CALL = {"attention_mask", "return_output", "return_logprobs", "ring_attn_group"}  # sft_trainer's
+TRAINING_CALL = {"attention_mask", "return_output", "return_logprobs", "ring_attn_group"}  # SFTTrainer.fit's kwargs
 
 
-def trained_forward(forward, causal: bool, pending: list):
+def trained_forward(forward, pending: list):
     """OpenRLHF's ``Actor.forward``, except in the training loop's call (``--upft.trained_logits``):
     there, with the micro-batch's loss mask that the loop is about to use (``pending``, filled by
-    ``remembering_masks``), the model's final hidden states at the trained positions alone go
-    through the output layer, and each one's log-probability of its next token comes from one
-    float32 cross-entropy. Every other position gets 0, which the loss masks out as it masked out
-    OpenRLHF's values there. The same loss as OpenRLHF's; the logits of prompt and padding positions
-    are never made. ``causal``: as ``causal_only`` does for the model's own call."""
+    ``remembering_masks``), the model runs as OpenRLHF runs it (through DeepSpeed's engine and the
+    model's own forward and hooks), but its output layer gets the final hidden states of the trained
+    positions alone (a one-shot pre-hook), and each one's log-probability of its next token comes
+    from one float32 cross-entropy. Every other position gets 0, which the loss masks out as it
+    masked out OpenRLHF's values there. The same loss as OpenRLHF's; the logits of prompt and
+    padding positions are never made. A second model call per micro-batch (not OpenRLHF 0.11.2's)
+    would take OpenRLHF's own path."""
     import torch
     import torch.nn.functional as F
-    from transformers import PreTrainedModel
 
     @functools.wraps(forward)
     def wrapper(self, sequences, *args, **kwargs):
@@ -261,24 +262,22 @@ def trained_forward(forward, causal: bool, pending: list):
         problems = {"OpenRLHF's trainer called its model in a way this option does not know":
                     bool(args) or set(kwargs) != TRAINING_CALL,
                     "it does not work with ring attention": kwargs.get("ring_attn_group") is not None,
-                    "it does not work with --ds.packing_samples": self.packing_samples,
-                    "it needs a plain transformers model (not LoRA)": not isinstance(self.model, PreTrainedModel),
-                    "it does not add a mixture of experts' router loss":
-                    bool(getattr(self.model.config, "output_router_logits", False)),
-                    "it does not scale logits by a temperature": self.temperature != 1.0}
+                    "it does not work with --ds.packing_samples": self.packing_samples}
         for problem in (p for p, found in problems.items() if found):
             raise SystemExit(f"error: --upft.trained_logits: {problem}")
         attention_mask = kwargs["attention_mask"]
         position_ids = attention_mask.long().cumsum(-1) - 1  # as OpenRLHF's Actor.forward
         position_ids.masked_fill_(attention_mask == 0, 1)
-        model_kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
-        if causal:
-            model_kwargs = causal_only(None, (), model_kwargs)[1]
-        output = self.model.get_decoder()(input_ids=sequences, **model_kwargs)
         trained = loss_mask.to(sequences.device).squeeze(1)[:, :-1].bool()  # position t predicts token t+1
-        logits = self.model.get_output_embeddings()(output.last_hidden_state[:, :-1][trained])
+        select = self.model.get_output_embeddings().register_forward_pre_hook(
+            lambda module, args: (args[0][:, :-1][trained],))
+        try:
+            output = self.model(sequences, attention_mask=attention_mask, position_ids=position_ids)
+        finally:
+            select.remove()
+        logits = output["logits"].float() / self.temperature  # (trained positions, vocabulary)
         logps = torch.zeros(trained.shape, dtype=torch.float32, device=sequences.device)
-        logps[trained] = -F.cross_entropy(logits.float(), sequences[:, 1:][trained], reduction="none")
+        logps[trained] = -F.cross_entropy(logits, sequences[:, 1:][trained], reduction="none")
         return (logps, output) if kwargs["return_output"] else logps
 
     return wrapper
@@ -361,7 +360,7 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
     if trained_logits:
         pending: list = []
         actor = openrlhf.models.actor.Actor
-        actor.forward = trained_forward(actor.forward, causal_attention, pending)
+        actor.forward = trained_forward(actor.forward, pending)
         sft_trainer.iter_grad_accum_global_norm = remembering_masks(sft_trainer.iter_grad_accum_global_norm, pending)
 
     get_tokenizer = openrlhf.utils.get_tokenizer  # train_sft imports it from here when it runs

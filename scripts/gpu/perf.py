@@ -72,7 +72,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "transformers_gsm8k_continuous": "eval-transformers-cb"}
     fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16",
             "fast_micro_batch_16_liger": "openrlhf-liger16", "fast_micro_batch_16_liger_zero_stage_0":
-            "openrlhf-liger16-zero0", "fast_micro_batch_16_liger_zero_stage_0_causal": "openrlhf-causal16",
+            "openrlhf-liger16-zero0", "fast_micro_batch_32_liger": "openrlhf-liger32",
+            "fast_micro_batch_16_liger_zero_stage_0_causal": "openrlhf-causal16",
             "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits": "openrlhf-trained16",
             "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": "openrlhf-trained32"}
     trains = ("openrlhf-1", "openrlhf-2", *fast.values())
@@ -119,9 +120,10 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
 def _fast(folders: list[Path], name: str) -> dict | None:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
     ``openrlhf-fast16`` --micro-batch 16; ``openrlhf-liger16`` that with Liger's fused kernels,
-    ``openrlhf-liger16-zero0`` also with ZeRO stage 0; ``openrlhf-causal16`` that with
-    --causal-attention; ``openrlhf-trained16`` and ``openrlhf-trained32`` that with --trained-logits
-    in micro-batches of 16 and 32): the same steps (same seed, so the same rows per step) computed with less
+    ``openrlhf-liger16-zero0`` also with ZeRO stage 0; ``openrlhf-liger32`` Liger's in micro-batches
+    of 32, which bench.sh no longer runs (lease 11 ran it, lease 13 ran out of memory);
+    ``openrlhf-causal16`` ZeRO stage 0 with --causal-attention; ``openrlhf-trained16`` and
+    ``openrlhf-trained32`` that with --trained-logits in micro-batches of 16 and 32): the same steps (same seed, so the same rows per step) computed with less
     padding, no recomputation and fewer micro-batches. Its loss must follow a run of the same lease step by step
     (each lease draws its own training set): the first run, or where that lease ran none (lease 12)
     ``openrlhf-fast16``, which followed it within 0.0003 in leases 10 and 11; ``loss_reference``
