@@ -132,9 +132,9 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect([tmp_path])
 
 
-OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16",
-            "openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-causal16", "openrlhf-trained16",
-            "openrlhf-trained32", "openrlhf-fast"]
+OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-causal16", "openrlhf-trained16", "openrlhf-trained32",
+            "openrlhf-1", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16", "openrlhf-liger16",
+            "openrlhf-liger16-zero0", "openrlhf-fast"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
