@@ -300,7 +300,7 @@ def test_several_leases_read_as_one(tmp_path):
 
 
 @pytest.mark.parametrize("runs, committed", [(["results/gpu/bench"], "results/gpu/perf-h100.json"),
-                                             ([f"results/gpu/bench-h200/lease{n}" for n in ("11", "13", "12", "9c", "10")],
+                                             ([f"results/gpu/bench-h200/lease{n}" for n in ("11", "14", "13", "12", "9c", "10")],
                                               "results/gpu/perf.json")])
 def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     """The README's speed tables quote these files: each must be what perf.py collects from the run
