@@ -496,3 +496,53 @@ def test_trained_logits_give_openrlhfs_loss_and_gradients_from_the_trained_posit
     ours.packing_samples = True
     with pytest.raises(SystemExit, match="error: --upft.trained_logits: it does not work with --ds.packing_samples"):
         step(ours)
+
+
+def _training_call(actor, tok, **kwargs):
+    """The log-probs of actor on the first micro-batch of a UPFT set, called as OpenRLHF's trainer calls
+    it inside its training loop (sft_trainer.fit; kwargs: other keyword arguments), and that batch."""
+    from openrlhf.trainer import sft_trainer
+
+    ds = openrlhf_dataset(tok, upft_rows(tok))
+    kwargs = {"return_output": True, "return_logprobs": True, "ring_attn_group": None, **kwargs}
+    for (ids, attn, mask), _ in sft_trainer.iter_grad_accum_global_norm([ds.collate_fn([ds[0], ds[1]])], None, 1,
+                                                                         lambda b: b[2].squeeze(1)[:, :-1]):
+        logp, _ = actor(ids.squeeze(1), attention_mask=attn.squeeze(1), **kwargs)
+        return logp, (ids.squeeze(1), attn.squeeze(1), mask.squeeze(1)[:, :-1].bool())
+
+
+def test_trained_logits_of_a_bf16_model_are_openrlhfs_float32_log_probs(openrlhf_sft, tok, model_path):
+    """install(trained_logits=True) on a bf16 model, as OpenRLHF's train_sft builds it: the trained
+    positions' log-probs are OpenRLHF's own, from float32 logits as OpenRLHF casts them before its
+    log-softmax, and every other position's are 0."""
+    import torch
+
+    from openrlhf.models.actor import Actor
+    from upft.openrlhf_sft import install
+
+    install("sample", trained_logits=True)
+    actor = Actor(model_path, attn_implementation="sdpa").eval()
+    assert next(actor.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        ours, (ids, attn, trained) = _training_call(actor, tok)
+        theirs = actor(ids, attention_mask=attn, return_logprobs=True)  # outside the loop: OpenRLHF's path
+    assert ours.dtype == theirs.dtype == torch.float32
+    assert bool(ours[~trained].eq(0).all())
+    assert (ours[trained] - theirs[trained]).abs().max().item() < 1e-4  # 1.4e-5 seen: the output layer's rows
+
+
+@pytest.mark.parametrize("kwargs, is_vlm, error", [
+    ({"ring_attn_group": object()}, False, "it does not work with ring attention"),
+    ({"return_entropy": True}, False, "OpenRLHF's trainer called its model in a way this option does not know"),
+    ({}, True, "it does not work with vision-language models")])
+def test_trained_logits_stop_where_they_do_not_apply(openrlhf_sft, tok, model_path, kwargs, is_vlm, error):
+    """A training call that --upft.trained_logits does not cover stops with one error line, before the
+    model runs, rather than computing another loss than OpenRLHF's."""
+    from openrlhf.models.actor import Actor
+    from upft.openrlhf_sft import install
+
+    install("sample", trained_logits=True)
+    actor = Actor(model_path, attn_implementation="sdpa")
+    actor.is_vlm = is_vlm
+    with pytest.raises(SystemExit, match=f"^error: --upft.trained_logits: {error}$"):
+        _training_call(actor, tok, **kwargs)
