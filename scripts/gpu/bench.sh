@@ -16,13 +16,13 @@
 #                   The fastest setting so far (lease 10); graphs up to 1024 alone gained nothing there
 #   repeat          the warm GSM8K evals of vllm-variants and vllm once more, back to back (run it last,
 #                   with the other GPUs idle: an idle host's figures)
-#   openrlhf        OpenRLHF SFT runs, the fastest settings first: --group-by-length
+#   openrlhf        OpenRLHF SFT runs: one plain, then the fastest settings: --group-by-length
 #                   --no-gradient-checkpointing --micro-batch 16, Liger's kernels, ZeRO stage 0 and
-#                   --causal-attention; that with --trained-logits in micro-batches of 16 and 32; one
-#                   plain run; the candidate profiled; a second plain one (it must load DeepSpeed's
-#                   ops, not build them); the fast one with micro-batches of 16, with Liger's kernels,
-#                   with them and ZeRO stage 0, and of 8; it first draws the full vLLM samples its
-#                   set is built from (full-vllm-sft, untimed)
+#                   --causal-attention; that with --trained-logits in micro-batches of 16 and 32, and
+#                   profiled; a second plain one (it must load DeepSpeed's ops, not build them); the
+#                   fast one with micro-batches of 16, with Liger's kernels, with them and ZeRO stage
+#                   0, and of 8; it first draws the full vLLM samples its set is built from
+#                   (full-vllm-sft, untimed)
 #   variants        transformers without compiling (--compile-decode never)
 #   continuous      transformers' continuous batching (--continuous-batching)
 #   decode-steps    the wall time of one transformers decoding step by batch size and KV cache
@@ -88,24 +88,24 @@ openrlhf() {
   # two groups can run at once on two GPUs (the same draws: a seed per draw)
   VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft full
   python data_prep/build.py --samples "$RUNS/full-vllm-sft" --method sft --out "$RUNS/prep-sft"
-  # the fast settings first, as a lease of one GPU may end before the group does: micro-batches of
-  # 16 with less padding, no recomputation, Liger's fused kernels, ZeRO stage 0 and causal attention
-  # (the fastest so far, lease 13; its run builds DeepSpeed's Adam op), then with the trained
-  # positions' logits alone in micro-batches of 16 and 32 (32 ran out of GPU memory on an H200
-  # without them in leases 11 and 13: OpenRLHF's float32 logits of every position); the plain run,
-  # the reference of every run's losses; the candidate with 8 of its micro-steps profiled (where a
-  # step's time goes; untimed); a second plain run (its ops must load, not build); the fast run
-  # without the newer settings: in micro-batches of 16; with Liger's kernels; with them and ZeRO
+  # the plain run first (it builds DeepSpeed's Adam op; every run's losses are compared with its
+  # own), then the fast settings, as a lease of one GPU may end before the group does: micro-batches
+  # of 16 with less padding, no recomputation, Liger's fused kernels, ZeRO stage 0 and causal
+  # attention (lease 13's fastest); that with the trained positions' logits alone in micro-batches of
+  # 16 (the fastest, lease 14) and 32 (with the same settings but OpenRLHF's float32 logits of every
+  # position, 32 ran out of GPU memory in lease 13); the fastest with 8 of its micro-steps profiled
+  # (where a step's time goes; untimed); a second plain run (its ops must load, not build); the fast
+  # run without the newer settings: in micro-batches of 16; with Liger's kernels; with them and ZeRO
   # stage 0; in micro-batches of 8. A trained-logits run that fails (out of memory, say) is logged
   # and the group goes on.
   local fast=(--seed 1 --group-by-length --no-gradient-checkpointing) liger=(-- --ds.use_liger_kernel)
   local best=(--zero-stage 0 --causal-attention)
+  sft --seed 1 --out "$RUNS/openrlhf-1"
   sft "${fast[@]}" --micro-batch 16 "${best[@]}" --out "$RUNS/openrlhf-causal16" "${liger[@]}"
   sft "${fast[@]}" --micro-batch 16 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-trained16" "${liger[@]}" \
     || echo "## openrlhf-trained16 failed: $?"
   sft "${fast[@]}" --micro-batch 32 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-trained32" "${liger[@]}" \
     || echo "## openrlhf-trained32 failed: $?"
-  sft --seed 1 --out "$RUNS/openrlhf-1"
   sft "${fast[@]}" --micro-batch 16 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-profile" "${liger[@]}" \
     --upft.profile_steps 8 || echo "## openrlhf-profile failed: $?"
   sft --seed 2 --out "$RUNS/openrlhf-2"
