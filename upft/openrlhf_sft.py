@@ -247,7 +247,7 @@ def trained_forward(forward, pending: list):
     there, with the micro-batch's loss mask that the loop is about to use (``pending``, filled by
     ``remembering_masks``), the model runs as OpenRLHF runs it (through DeepSpeed's engine and the
     model's own forward and hooks), but its output layer gets the final hidden states of the trained
-    positions alone (a one-shot pre-hook), and each one's log-probability of its next token comes
+    positions alone (a pre-hook held for that call only), and each one's log-probability of its next token comes
     from one float32 cross-entropy. Every other position gets 0, which the loss masks out as it
     masked out OpenRLHF's values there. The same loss as OpenRLHF's; the logits of prompt and
     padding positions are never made. A second model call per micro-batch (not OpenRLHF 0.11.2's)
@@ -277,7 +277,9 @@ def trained_forward(forward, pending: list):
             output = self.model(sequences, attention_mask=attention_mask, position_ids=position_ids)
         finally:
             select.remove()
-        logits = output["logits"].float() / self.temperature  # (trained positions, vocabulary)
+        logits = output["logits"].float()  # (trained positions, vocabulary), float32 as OpenRLHF's
+        if self.temperature != 1.0:  # as OpenRLHF: no second float32 copy where it would change nothing
+            logits = logits / self.temperature
         logps = torch.zeros(trained.shape, dtype=torch.float32, device=sequences.device)
         logps[trained] = -F.cross_entropy(logits, sequences[:, 1:][trained], reduction="none")
         return (logps, output) if kwargs["return_output"] else logps
