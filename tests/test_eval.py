@@ -100,12 +100,21 @@ def test_a_slow_grader_pool_start_is_pool_time_not_grading(tok, backend, tmp_pat
     real, decoded, generate = ctx.Pool, threading.Event(), backend.generate
 
     def first_batch_then_the_rest(requests):
-        for batch in generate(requests):
+        try:
+            for batch in generate(requests):
+                decoded.set()
+                yield batch
+        finally:  # a failing decode must not leave the pool's thread waiting
             decoded.set()
-            yield batch
+
+    def slow_pool(workers):
+        if not decoded.wait(120):
+            raise TimeoutError("the grader's pool started before anything was decoded")
+        time.sleep(1.0)
+        return real(workers)
 
     monkeypatch.setattr(backend, "generate", first_batch_then_the_rest)
-    monkeypatch.setattr(ctx, "Pool", lambda workers: (decoded.wait(600), time.sleep(1.0), real(workers))[2])
+    monkeypatch.setattr(ctx, "Pool", slow_pool)
     b = evaluate_benchmark("gsm8k", tok, backend, tmp_path, EvalSettings(max_new_tokens=2, limit=2), FIXTURE)
     parts = [b[k] for k in ("generate_s", "grade_s", "write_s", "grader_pool_s")]
     assert b["grader_pool_s"] > 0.9 and sum(parts) <= b["wall_s"] < sum(parts) + 0.5

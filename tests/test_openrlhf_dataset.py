@@ -545,5 +545,8 @@ def test_trained_logits_stop_where_they_do_not_apply(openrlhf_sft, tok, model_pa
     install("sample", trained_logits=True)
     actor = Actor(model_path, attn_implementation="sdpa")
     actor.is_vlm = is_vlm
+    ran = []
+    actor.model.register_forward_pre_hook(lambda module, args: ran.append(1))
     with pytest.raises(SystemExit, match=f"^error: --upft.trained_logits: {error}$"):
         _training_call(actor, tok, **kwargs)
+    assert not ran

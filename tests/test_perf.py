@@ -165,7 +165,8 @@ def _bench_sh(tmp_path: Path, stages: str | None, fail: str = "@"):
                           capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("fail", ["openrlhf-trained16", "openrlhf-trained32", "openrlhf-profile", "openrlhf-1"])
+@pytest.mark.parametrize("fail", ["openrlhf-trained16", "openrlhf-trained32", "openrlhf-profile", "openrlhf-1",
+                                  "openrlhf-causal16", "openrlhf-2"])
 def test_bench_goes_on_after_a_failed_trained_logits_run_only(tmp_path, fail):
     """A trained-logits run that fails (new code, or out of memory at micro-batch 32) is logged and the
     openrlhf group goes on; any other run that fails stops the group with its exit status."""

@@ -88,8 +88,8 @@ openrlhf() {
   # two groups can run at once on two GPUs (the same draws: a seed per draw)
   VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft full
   python data_prep/build.py --samples "$RUNS/full-vllm-sft" --method sft --out "$RUNS/prep-sft"
-  # the plain run first (it builds DeepSpeed's Adam op; every run's losses are compared with its
-  # own), then the fast settings, as a lease of one GPU may end before the group does: micro-batches
+  # the plain run first (it builds DeepSpeed's Adam op; perf.py compares every other run's losses
+  # with it), then the fast settings, as a lease of one GPU may end before the group does: micro-batches
   # of 16 with less padding, no recomputation, Liger's fused kernels, ZeRO stage 0 and causal
   # attention (lease 13's fastest); that with the trained positions' logits alone in micro-batches of
   # 16 (the fastest, lease 14) and 32 (with the same settings but OpenRLHF's float32 logits of every
