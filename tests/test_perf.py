@@ -84,7 +84,8 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["openrlhf"]["fast_micro_batch_16_liger_zero_stage_0_causal"]["tokens_per_s_per_gpu"] == 50_000
     assert {k: (v["tokens_per_s_per_gpu"], v["loss_reference"]) for k, v in p["openrlhf"].items() if "liger" in k} == {
         "fast_micro_batch_16_liger": (45_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0":
-        (47_000, "openrlhf-1"), "fast_micro_batch_32_liger": (48_000, "openrlhf-1"), "fast_micro_batch_16_liger_zero_stage_0_causal": (50_000, "openrlhf-1"),
+        (47_000, "openrlhf-1"), "fast_micro_batch_32_liger": (48_000, "openrlhf-1"),
+        "fast_micro_batch_16_liger_zero_stage_0_causal": (50_000, "openrlhf-1"),
         "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits": (55_000, "openrlhf-1"),
         "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": (60_000, "openrlhf-1")}
 
@@ -313,7 +314,8 @@ def test_several_leases_read_as_one(tmp_path):
 
 
 @pytest.mark.parametrize("runs, committed", [(["results/gpu/bench"], "results/gpu/perf-h100.json"),
-                                             ([f"results/gpu/bench-h200/lease{n}" for n in ("11", "14", "13", "12", "9c", "10")],
+                                             ([f"results/gpu/bench-h200/lease{n}"
+                                               for n in ("11", "14", "13", "12", "9c", "10")],
                                               "results/gpu/perf.json")])
 def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     """The README's speed tables quote these files: each must be what perf.py collects from the run

@@ -247,8 +247,8 @@ def trained_forward(forward, pending: list):
     there, with the micro-batch's loss mask that the loop is about to use (``pending``, filled by
     ``remembering_masks``), the model runs as OpenRLHF runs it (through DeepSpeed's engine and the
     model's own forward and hooks), but its output layer gets the final hidden states of the trained
-    positions alone (a pre-hook held for that call only), and each one's log-probability of its next token comes
-    from one float32 cross-entropy. Every other position gets 0, which the loss masks out as it
+    positions alone (a pre-hook held for that call only), and each one's log-probability of its next
+    token comes from one float32 cross-entropy. Every other position gets 0, which the loss masks out as it
     masked out OpenRLHF's values there. The same loss as OpenRLHF's; the logits of prompt and
     padding positions are never made. A second model call per micro-batch (not OpenRLHF 0.11.2's)
     would take OpenRLHF's own path."""

@@ -123,9 +123,10 @@ def _fast(folders: list[Path], name: str) -> dict | None:
     ``openrlhf-liger16-zero0`` also with ZeRO stage 0; ``openrlhf-liger32`` Liger's in micro-batches
     of 32, which bench.sh no longer runs (lease 11 ran it, lease 13 ran out of memory);
     ``openrlhf-causal16`` ZeRO stage 0 with --causal-attention; ``openrlhf-trained16`` and
-    ``openrlhf-trained32`` that with --trained-logits in micro-batches of 16 and 32): the same steps (same seed, so the same rows per step) computed with less
-    padding, no recomputation and fewer micro-batches. Its loss must follow a run of the same lease step by step
-    (each lease draws its own training set): the first run, or where that lease ran none (lease 12)
+    ``openrlhf-trained32`` that with --trained-logits in micro-batches of 16 and 32): the same steps
+    (same seed, so the same rows per step) computed with less padding, no recomputation and fewer
+    micro-batches. Its loss must follow a run of the same lease step by step (each lease draws its
+    own training set): the first run, or where that lease ran none (lease 12)
     ``openrlhf-fast16``, which followed it within 0.0003 in leases 10 and 11; ``loss_reference``
     says which. The figures say what the settings buy. Both come from the first folder that holds
     the run and a reference; None where none does."""
