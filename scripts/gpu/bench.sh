@@ -23,6 +23,9 @@
 #                   fast one with micro-batches of 16, with Liger's kernels, with them and ZeRO stage
 #                   0, and of 8; it first draws the full vLLM samples its set is built from
 #                   (full-vllm-sft, untimed)
+#   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
+#                   gradient checkpointing, on the SFT set and on a UPFT set; with the fastest settings
+#                   on the UPFT set; then the fastest run on the SFT set once more
 #   variants        transformers without compiling (--compile-decode never)
 #   continuous      transformers' continuous batching (--continuous-batching)
 #   decode-steps    the wall time of one transformers decoding step by batch size and KV cache
@@ -30,7 +33,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
-: "${STAGES:=vllm transformers engine-seed vllm-variants openrlhf variants continuous decode-steps repeat}"
+: "${STAGES:=vllm transformers engine-seed vllm-variants openrlhf trained-logits variants continuous decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
@@ -78,16 +81,20 @@ repeat() {  # after vllm-variants and vllm (their compile caches warm): each war
     --out "$RUNS/eval-vllm-seqs2048-graphs2048-repeat"
   python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --out "$RUNS/eval-vllm-warm-repeat"
 }
-sft() {  # one OpenRLHF run on the SFT set, on one GPU
+train() {  # SET FLAGS...: one OpenRLHF run on RUNS/prep-SET, on one GPU
   PYTHONPATH="$PWD/tests/gpu/stubs:${PYTHONPATH:-}" TORCH_CUDA_ARCH_LIST=9.0 bash scripts/train_sft.sh \
-    --data "$RUNS/prep-sft" --model "$MODEL" --gpus 1 --micro-batch 8 --zero-stage 2 --no-adam-offload \
-    --attn sdpa --max-len 1024 --lr 1e-6 "$@"
+    --data "$RUNS/prep-$1" --model "$MODEL" --gpus 1 --micro-batch 8 --zero-stage 2 --no-adam-offload \
+    --attn sdpa --max-len 1024 --lr 1e-6 "${@:2}"
 }
-openrlhf() {
+sft() { train sft "$@"; }
+sft_set() {
   # the SFT set's samples, drawn apart from the vllm group's timed draws and compile cache, so the
   # two groups can run at once on two GPUs (the same draws: a seed per draw)
   VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft full
   python data_prep/build.py --samples "$RUNS/full-vllm-sft" --method sft --out "$RUNS/prep-sft"
+}
+openrlhf() {
+  sft_set
   # the plain run first (it builds DeepSpeed's Adam op; perf.py compares every other run's losses
   # with it), then the fast settings, as a lease of one GPU may end before the group does: micro-batches
   # of 16 with less padding, no recomputation, Liger's fused kernels, ZeRO stage 0 and causal
@@ -114,6 +121,31 @@ openrlhf() {
   sft "${fast[@]}" --micro-batch 16 --zero-stage 0 --out "$RUNS/openrlhf-liger16-zero0" "${liger[@]}"
   sft "${fast[@]}" --out "$RUNS/openrlhf-fast"
 }
+trained-logits() {
+  # --trained-logits where the openrlhf group does not run it, each run beside the same run without it
+  # (the same seed: the same rows per step, so the losses compare step by step): the launcher's own
+  # settings (ZeRO stage 3, gradient checkpointing; micro-batches of 8 and no Liger here), where
+  # DeepSpeed gathers the output layer's weights as it runs; and UPFT's set (L=32, p=0.1, drawn as the
+  # SFT set), whose prefix rows train few of their positions; then the openrlhf group's fastest run
+  # once more (its figure came from one run). A trained-logits run that fails is logged and the group
+  # goes on.
+  local fast=(--seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 16 --zero-stage 0
+              --causal-attention) liger=(-- --ds.use_liger_kernel)
+  sft_set
+  VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft upft
+  python data_prep/build.py --samples "$RUNS/upft-vllm-sft" --method upft --L 32 --out "$RUNS/prep-upft"
+  sft --seed 1 --zero-stage 3 --out "$RUNS/openrlhf-zero3"
+  sft --seed 1 --zero-stage 3 --trained-logits --out "$RUNS/openrlhf-zero3-trained" \
+    || echo "## openrlhf-zero3-trained failed: $?"
+  train upft "${fast[@]}" --out "$RUNS/openrlhf-upft-causal16" "${liger[@]}"
+  train upft "${fast[@]}" --trained-logits --out "$RUNS/openrlhf-upft-trained16" "${liger[@]}" \
+    || echo "## openrlhf-upft-trained16 failed: $?"
+  sft "${fast[@]}" --trained-logits --out "$RUNS/openrlhf-trained16" "${liger[@]}" \
+    || echo "## openrlhf-trained16 failed: $?"
+  train upft --seed 1 --zero-stage 3 --out "$RUNS/openrlhf-upft-zero3"
+  train upft --seed 1 --zero-stage 3 --trained-logits --out "$RUNS/openrlhf-upft-zero3-trained" \
+    || echo "## openrlhf-upft-zero3-trained failed: $?"
+}
 variants() {
   python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
     --compile-decode never --out "$RUNS/upft-transformers-eager"
@@ -136,7 +168,7 @@ decode-steps() {
       --out "$RUNS/decode_steps.json"
 }
 
-GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants openrlhf variants continuous decode-steps repeat "
+GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants openrlhf trained-logits variants continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done

@@ -76,7 +76,11 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
             "fast_micro_batch_16_liger_zero_stage_0_causal": "openrlhf-causal16",
             "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits": "openrlhf-trained16",
             "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": "openrlhf-trained32"}
-    trains = ("openrlhf-1", "openrlhf-2", *fast.values())
+    # bench.sh's trained-logits group: each --trained-logits run beside the same run without it
+    trained = {"zero_stage_3": ("openrlhf-zero3-trained", "openrlhf-zero3"),
+               "upft_fast_micro_batch_16_liger_zero_stage_0_causal": ("openrlhf-upft-trained16", "openrlhf-upft-causal16"),
+               "upft_zero_stage_3": ("openrlhf-upft-zero3-trained", "openrlhf-upft-zero3")}
+    trains = ("openrlhf-1", "openrlhf-2", *fast.values(), *(n for pair in trained.values() for n in pair))
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
     at = {name: f for name in stages if (f := _first(folders, name))}  # each finished stage -> its folder
     done = set(at)
@@ -112,12 +116,13 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                      "phases_s": tr[0]["timing"] if tr else None,
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
-                     **{key: _fast(folders, name) for key, name in fast.items()}},
+                     **{key: _fast(folders, name) for key, name in fast.items()},
+                     "trained_logits": {key: _fast(folders, name, [ref]) for key, (name, ref) in trained.items()}},
         "transformers_decode_steps": read_json(steps)["results"] if steps else None,
     }
 
 
-def _fast(folders: list[Path], name: str) -> dict | None:
+def _fast(folders: list[Path], name: str, refs: list[str] | None = None) -> dict | None:
     """The first run again with --group-by-length --no-gradient-checkpointing (and for
     ``openrlhf-fast16`` --micro-batch 16; ``openrlhf-liger16`` that with Liger's fused kernels,
     ``openrlhf-liger16-zero0`` also with ZeRO stage 0; ``openrlhf-liger32`` Liger's in micro-batches
@@ -128,9 +133,11 @@ def _fast(folders: list[Path], name: str) -> dict | None:
     micro-batches. Its loss must follow a run of the same lease step by step (each lease draws its
     own training set): the first run, or where that lease ran none (lease 12)
     ``openrlhf-fast16``, which followed it within 0.0003 in leases 10 and 11; ``loss_reference``
-    says which. The figures say what the settings buy. Both come from the first folder that holds
-    the run and a reference; None where none does."""
-    refs = ["openrlhf-1"] + (["openrlhf-fast16"] if name != "openrlhf-fast16" else [])
+    says which (``refs`` gives others: the trained-logits group's runs follow the same run without
+    the flag). The figures say what the settings buy, beside the reference's. Both come from the first
+    folder that holds the run and a reference; None where none does. ``every_lease`` is the run's
+    tokens/s in each folder that finished it, a reference or not (a figure's repeats)."""
+    refs = refs or ["openrlhf-1"] + (["openrlhf-fast16"] if name != "openrlhf-fast16" else [])
     pair = next(((f, ref) for f in folders for ref in refs if _first([f], name, ref)), None)
     if pair is None:
         return None
@@ -138,7 +145,10 @@ def _fast(folders: list[Path], name: str) -> dict | None:
     check = compare_losses(runs / ref / "train_log.jsonl", runs / name / "train_log.jsonl")
     timing = read_json(runs / name / "manifest.json")["timing"]
     return {"tokens_per_s_per_gpu": timing["tokens_per_s_per_gpu"], "phases_s": timing,
-            "loss_reference": ref, "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"]}
+            "loss_reference": ref, "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"],
+            "reference_tokens_per_s_per_gpu": read_json(runs / ref / "manifest.json")["timing"]["tokens_per_s_per_gpu"],
+            "every_lease": [read_json(f / name / "manifest.json")["timing"]["tokens_per_s_per_gpu"]
+                            for f in folders if _first([f], name)]}
 
 
 def main(argv: list[str] | None) -> None:
