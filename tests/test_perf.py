@@ -35,7 +35,9 @@ def _bench(root: Path) -> None:
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
     for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("profile", 20_000),
                    ("liger16", 45_000), ("liger16-zero0", 47_000), ("liger32", 48_000), ("causal16", 50_000),
-                   ("trained16", 55_000), ("trained32", 60_000)):
+                   ("trained16", 55_000), ("trained32", 60_000), ("zero3", 3_000), ("zero3-trained", 3_600),
+                   ("upft-causal16", 40_000), ("upft-trained16", 52_000), ("upft-zero3", 2_000),
+                   ("upft-zero3-trained", 2_600)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
         (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
@@ -88,6 +90,13 @@ def test_perf_json_from_bench_runs(tmp_path):
         "fast_micro_batch_16_liger_zero_stage_0_causal": (50_000, "openrlhf-1"),
         "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits": (55_000, "openrlhf-1"),
         "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": (60_000, "openrlhf-1")}
+    # bench.sh's trained-logits group: each run beside the same run without the flag
+    assert {k: (v["tokens_per_s_per_gpu"], v["reference_tokens_per_s_per_gpu"], v["loss_reference"])
+            for k, v in p["openrlhf"]["trained_logits"].items()} == {
+        "zero_stage_3": (3_600, 3_000, "openrlhf-zero3"),
+        "upft_fast_micro_batch_16_liger_zero_stage_0_causal": (52_000, 40_000, "openrlhf-upft-causal16"),
+        "upft_zero_stage_3": (2_600, 2_000, "openrlhf-upft-zero3")}
+    assert p["openrlhf"]["fast"]["reference_tokens_per_s_per_gpu"] == 21_000
 
 
 def test_a_lease_without_a_first_run_compares_its_fast_runs_with_its_fast16(tmp_path):
@@ -136,6 +145,9 @@ def test_no_finished_stage_is_one_error(tmp_path):
 OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-causal16", "openrlhf-trained16",
             "openrlhf-trained32", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16", "openrlhf-liger16",
             "openrlhf-liger16-zero0", "openrlhf-fast"]
+TRAINED_LOGITS = ["full-vllm-sft", "prep-sft", "upft-vllm-sft", "prep-upft", "openrlhf-zero3",
+                  "openrlhf-zero3-trained", "openrlhf-upft-causal16", "openrlhf-upft-trained16", "openrlhf-trained16",
+                  "openrlhf-upft-zero3", "openrlhf-upft-zero3-trained"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
@@ -179,8 +191,23 @@ def test_bench_goes_on_after_a_failed_trained_logits_run_only(tmp_path, fail):
         assert done.returncode == 3 and ran == OPENRLHF[:OPENRLHF.index(fail) + 1]
 
 
+@pytest.mark.parametrize("fail", ["openrlhf-zero3-trained", "openrlhf-upft-trained16", "openrlhf-trained16",
+                                  "openrlhf-upft-zero3-trained", "openrlhf-zero3", "openrlhf-upft-causal16"])
+def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only(tmp_path, fail):
+    """As in the openrlhf group: a --trained-logits run that fails is logged and the next runs; a
+    reference run that fails (the run without the flag) stops the group."""
+    done = _bench_sh(tmp_path, "trained-logits", fail)
+    ran = [Path(line).name for line in (tmp_path / "log").read_text().splitlines()]
+    if "trained" in fail:
+        assert done.returncode == 0 and ran == TRAINED_LOGITS and f"## {fail} failed: 3" in done.stdout
+    else:
+        assert done.returncode == 3 and ran == TRAINED_LOGITS[:TRAINED_LOGITS.index(fail) + 1]
+
+
 @pytest.mark.parametrize("stages, expected", [
     ("openrlhf", OPENRLHF),
+    ("trained-logits", TRAINED_LOGITS),
+    ("openrlhf trained-logits", [*OPENRLHF, *TRAINED_LOGITS]),  # (the real stages skip a second draw)
     ("transformers,openrlhf", ["upft-transformers", "full-transformers", "eval-transformers-cold", *OPENRLHF]),
     ("openrlhf transformers", [*OPENRLHF, "upft-transformers", "full-transformers", "eval-transformers-cold"]),
     ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
@@ -191,7 +218,7 @@ def test_bench_goes_on_after_a_failed_trained_logits_run_only(tmp_path, fail):
                                    *VLLM_VARIANTS, *REPEATS]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
             "upft-transformers", "full-transformers", "eval-transformers-cold",
-            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *OPENRLHF,
+            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *OPENRLHF, *TRAINED_LOGITS,
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
             "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
             *REPEATS]),
@@ -301,7 +328,8 @@ def test_several_leases_read_as_one(tmp_path):
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 9_000 and p["openrlhf"]["fast"]["steps"] == [3, 3]
     lone = tmp_path / "lease0"  # a fast run without its lease's first run: `later`'s pair is taken
     _w(lone / "openrlhf-fast" / "manifest.json", {"timing": {"tokens_per_s_per_gpu": 1}})
-    assert collect([lone, first, later])["openrlhf"]["fast"]["tokens_per_s_per_gpu"] == 30_000
+    fast = collect([lone, first, later])["openrlhf"]["fast"]
+    assert fast["tokens_per_s_per_gpu"] == 30_000 and fast["every_lease"] == [1, 30_000]  # every lease's figure
     (later / "openrlhf-1" / "manifest.json").unlink()
     o = collect([first, later])["openrlhf"]  # no first run beside them: fast16 is the loss reference
     assert o["fast"]["loss_reference"] == "openrlhf-fast16" and o["fast_micro_batch_16"] is None
@@ -315,7 +343,7 @@ def test_several_leases_read_as_one(tmp_path):
 
 @pytest.mark.parametrize("runs, committed", [(["results/gpu/bench"], "results/gpu/perf-h100.json"),
                                              ([f"results/gpu/bench-h200/lease{n}"
-                                               for n in ("11", "14", "13", "12", "9c", "10")],
+                                               for n in ("11", "14", "13", "12", "9c", "10", "15")],
                                               "results/gpu/perf.json")])
 def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     """The README's speed tables quote these files: each must be what perf.py collects from the run
