@@ -98,3 +98,13 @@ def test_two_runs_sharing_a_sample_pool_never_write_it_at_once(tmp_path, model_p
     assert len(waited) == 1 and "[skip]" in waited[0]
     rows = read_jsonl(out / "samples.jsonl")
     assert sorted(r["id"] for r in rows) == ["0", "1", "2", "3"]
+
+
+def test_speculation_travels_with_the_draws_it_changes():
+    """--speculative-ngram changes what a seeded vLLM draw is, so a stage's settings carry it (a run with
+    it never passes for one without); the other backend options say only how a run ran."""
+    from upft.stages import speculation
+
+    assert speculation("vllm", {"speculative_ngram": 4, "max_num_seqs": 8, "batch_size": 32}) == {"speculative_ngram": 4}
+    assert speculation("vllm", {"speculative_ngram": None, "max_num_seqs": 8}) == {}  # earlier runs' fingerprints
+    assert speculation("transformers", {"speculative_ngram": 4}) == {}  # the transformers backend ignores it

@@ -42,6 +42,10 @@ class Decoding:
     max_cudagraph_size: int | None = field(default=None, metadata={
         "help": "vllm only: CUDA graphs are captured for decoding steps of up to this many sequences "
                 "(default: vLLM's own, 512; a larger step runs without one)"})
+    speculative_ngram: int | None = field(default=None, metadata={
+        "help": "vllm only: speculative decoding that proposes this many tokens by matching n-grams of the prompt "
+                "and the draw so far (no draft model), checked by the model in one step; the same distribution of "
+                "draws, fewer sequential steps where proposals are accepted (default: off)"})
     compile_decode: str = field(default="auto", metadata={
         "choices": ("auto", "always", "never"),
         "help": "transformers on a GPU: a static KV cache and a compiled decoding step (auto: for decodes "
@@ -56,7 +60,7 @@ class Decoding:
         where = f"{section}." if section else ""
         check_types(self, section or "option")
         for key in ("max_new_tokens", "batch_size", "tensor_parallel_size", "data_parallel_size", "max_num_seqs",
-                    "max_cudagraph_size"):
+                    "max_cudagraph_size", "speculative_ngram"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise UserError(f"{where}{key} must be at least 1, got {getattr(self, key)}")
         if self.temperature < 0 or not 0 < self.gpu_memory_utilization <= 1:
@@ -79,7 +83,7 @@ def check_decoding(args) -> None:
 
 
 BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
-                   "max_num_seqs", "max_cudagraph_size", "compile_decode", "continuous_batching")
+                   "max_num_seqs", "max_cudagraph_size", "speculative_ngram", "compile_decode", "continuous_batching")
 
 
 def backend_options(args) -> dict:

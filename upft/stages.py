@@ -78,6 +78,15 @@ def _backend(name: str, model_path: str, tokenizer, **options):
     return make_backend(name, model_path, tokenizer, stop, **options)
 
 
+def speculation(backend: str, backend_options: dict) -> dict:
+    """``{"speculative_ngram": K}`` where vLLM speculates: unlike the other backend options it changes
+    what a seeded draw is (see ``upft.vllm_backend.engine_args``), so it goes into a stage's settings,
+    and a run with it never passes for one without. Empty otherwise, so runs from before the option
+    keep their fingerprints."""
+    k = backend_options.get("speculative_ngram")
+    return {"speculative_ngram": k} if k and backend == "vllm" else {}
+
+
 def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "upft", L: int = 32, p: float = 0.1,
                n: int = 1, max_new_tokens: int = 1024, temperature: float = 0.6, top_p: float | None = None,
                top_k: int | None = None, seed: int = 0, prompt_style: str = "auto", backend: str = "transformers",
@@ -100,6 +109,7 @@ def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "
                 "backend": backend}
     if engine_seed and backend == "vllm":  # recorded only when on, so pools drawn before the option stay valid
         settings["engine_seed"] = True
+    settings.update(speculation(backend, backend_options))
     outdir = Path(out)
     if _skip(outdir, settings, ["samples.jsonl"], force):
         return outdir
@@ -228,7 +238,8 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
     # a retrained model in the same folder is a different model: its training manifest says so
     man = Path(model_path) / "manifest.json"
     fp = {"model": model_path, "model_run": read_json(man).get("fingerprint") if man.is_file() else None,
-          "benchmarks": benchmarks, "data_dir": data_dir, "judge": judge_path, **vars(settings)}
+          "benchmarks": benchmarks, "data_dir": data_dir, "judge": judge_path, **vars(settings),
+          **speculation(backend, backend_options)}
     outdir = Path(out)
     if _skip(outdir, fp, ["summary.json"], force):
         return read_json(outdir / "summary.json")

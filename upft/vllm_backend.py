@@ -83,13 +83,23 @@ def to_result(key: str, token_ids: Sequence[int], finish_reason: str, stop_ids: 
     return GenResult(key, tokens, tokenizer.decode(tokens, skip_special_tokens=False), finish_reason)
 
 
+NGRAM_LOOKUP = 4  # the n-gram matched for a proposal (vLLM's documented example)
+
+
 def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memory_utilization: float,
                 max_model_len: int | None, seed: int, max_num_seqs: int | None,
-                max_cudagraph_size: int | None = None) -> dict:
+                max_cudagraph_size: int | None = None, speculative_ngram: int | None = None) -> dict:
     """Keyword arguments for ``vllm.LLM`` (its ``EngineArgs``): the model's generation_config.json
     is ignored (every draw's settings are explicit), no remote code, and vLLM's own defaults for
     ``max_num_seqs`` and the CUDA graph sizes unless given. vLLM 0.24 on an H100 decodes up to 1024
-    sequences at once but captures graphs only up to 512: a larger step runs without one."""
+    sequences at once but captures graphs only up to 512: a larger step runs without one.
+
+    ``speculative_ngram`` K turns on vLLM's n-gram speculation: where the last 4 tokens occurred before
+    (in the prompt or the draw), the K that followed are proposed, checked in one step of the model and
+    kept by rejection sampling. The draws' distribution stays the model's, and a draw with its own seed
+    still does not depend on its batch, but it differs from the draw without speculation. Aimed at
+    UPFT's pass, whose few full-length draws decode hundreds of steps after its prefixes are done: a
+    small batch, where a step costs little more for K extra tokens and fewer steps would count."""
     engine = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                   tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
                   gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -98,6 +108,9 @@ def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memo
         engine["max_num_seqs"] = max_num_seqs
     if max_cudagraph_size is not None:
         engine["compilation_config"] = {"max_cudagraph_capture_size": max_cudagraph_size}
+    if speculative_ngram is not None:
+        engine["speculative_config"] = {"method": "ngram", "num_speculative_tokens": speculative_ngram,
+                                        "prompt_lookup_max": NGRAM_LOOKUP}  # vLLM 0.24: min = max
     return engine
 
 
@@ -197,13 +210,13 @@ class VLLMBackend:
                  tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
                  seed: int = 0, engine_seed: bool = False, max_num_seqs: int | None = None,
-                 max_cudagraph_size: int | None = None):
+                 max_cudagraph_size: int | None = None, speculative_ngram: int | None = None):
         groups = gpu_groups(tensor_parallel_size, data_parallel_size)
         self.stop_ids = sorted(set(stop_ids))
         self.tokenizer = tokenizer
         self.engine_seed = engine_seed
         engine = engine_args(model_path, dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len, seed,
-                             max_num_seqs, max_cudagraph_size)
+                             max_num_seqs, max_cudagraph_size, speculative_ngram)
         ctx = mp.get_context("spawn")
         self.results = ctx.Queue()
         self.workers = []
