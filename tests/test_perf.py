@@ -22,13 +22,14 @@ def _w(path: Path, obj: dict) -> None:
 
 def _bench(root: Path) -> None:
     for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager", "transformers-cb",
-                                 "vllm-graphs1024", "vllm-seqs2048-graphs2048", "vllm-seqs2048-graphs2048-engine")):
+                                 "vllm-graphs1024", "vllm-seqs2048-graphs2048", "vllm-seqs2048-graphs2048-engine",
+                                 "vllm-ngram4")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
                         ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
                         ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0),
-                        ("eval-vllm-seqs2048-graphs2048", 150.0)):
+                        ("eval-vllm-seqs2048-graphs2048", 150.0), ("eval-vllm-ngram4", 150.0)):
         split = {"generate_s": 18.123, "grade_s": 0.456} if name == "eval-vllm-seqs2048-graphs2048" else {}  # newer
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0, **split})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
@@ -56,7 +57,8 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11, "transformers": 0.12,
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
-                                   "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17}
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17,
+                                   "vllm_speculative_ngram_4": 0.18}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "generate_s": None, "grade_s": None,
                                                               "grader_pool_s": None,
@@ -66,7 +68,7 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
                                        "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048",
-                                       "transformers_gsm8k_continuous"}
+                                       "transformers_gsm8k_continuous", "vllm_gsm8k_speculative_ngram_4"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["eval_repeats"] == {}
     _w(tmp_path / "eval-vllm-warm-repeat" / "gsm8k.summary.json", {"wall_s": 19.0, "tokens_per_s": 21_000.0,
@@ -125,12 +127,13 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
     p = collect([tmp_path])
     assert p["missing"] == gone and list(p["eval_variants"]) == [
         "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
-        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous"]
+        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous", "vllm_gsm8k_speculative_ngram_4"]
     assert p["openrlhf"]["fast"] is None and p["openrlhf"]["fast_micro_batch_16"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
-                                   "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17}
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17,
+                                   "vllm_speculative_ngram_4": 0.18}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
@@ -152,6 +155,7 @@ VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graph
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
 
+SPECULATIVE = ["eval-vllm-ngram4", "upft-vllm-ngram4", "full-vllm-ngram4"]
 REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
 # what a stand-in leaves in the folder it was to write: a manifest, as a finished stage does
 FINISH = 'finish() { case "$1" in *.json) ;; *) mkdir -p "$1" && : > "$1/manifest.json" ;; esac; }'
@@ -213,12 +217,13 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
     ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
     ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
     ("vllm-variants", VLLM_VARIANTS),
+    ("speculative", SPECULATIVE),
     ("decode-steps", ["decode_steps.json"]),
     ("vllm vllm-variants repeat", ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
                                    *VLLM_VARIANTS, *REPEATS]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
             "upft-transformers", "full-transformers", "eval-transformers-cold",
-            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *OPENRLHF, *TRAINED_LOGITS,
+            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *OPENRLHF, *TRAINED_LOGITS,
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
             "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
             *REPEATS]),
@@ -328,6 +333,12 @@ def test_several_leases_read_as_one(tmp_path):
     assert p["openrlhf"]["tokens_per_s_per_gpu"] == 9_000 and p["openrlhf"]["fast"]["steps"] == [3, 3]
     lone = tmp_path / "lease0"  # a fast run without its lease's first run: `later`'s pair is taken
     _w(lone / "openrlhf-fast" / "manifest.json", {"timing": {"tokens_per_s_per_gpu": 1}})
+    for folder, upft_s in ((first, 7.0), (later, 11.0)):  # the trained-logits group's draws, in every folder
+        for mode, wall in (("upft", upft_s), ("full", 40.0)):
+            _w(folder / f"{mode}-vllm-sft" / "manifest.json", {"wall_s": wall, "sampling_tokens": 1, "finished": "t"})
+    assert collect([first, later])["upft_over_full_trainer_sets"] == {
+        "lease1": {"upft_s": 7.0, "full_s": 40.0, "upft_over_full": 0.175, "finished": "t"},
+        "lease2": {"upft_s": 11.0, "full_s": 40.0, "upft_over_full": 0.275, "finished": "t"}}
     fast = collect([lone, first, later])["openrlhf"]["fast"]
     assert fast["tokens_per_s_per_gpu"] == 30_000 and fast["every_lease"] == [1, 30_000]  # every lease's figure
     (later / "openrlhf-1" / "manifest.json").unlink()
@@ -343,7 +354,7 @@ def test_several_leases_read_as_one(tmp_path):
 
 @pytest.mark.parametrize("runs, committed", [(["results/gpu/bench"], "results/gpu/perf-h100.json"),
                                              ([f"results/gpu/bench-h200/lease{n}"
-                                               for n in ("11", "14", "13", "12", "9c", "10", "15")],
+                                               for n in ("11", "14", "13", "12", "9c", "10", "15b", "15a")],
                                               "results/gpu/perf.json")])
 def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     """The README's speed tables quote these files: each must be what perf.py collects from the run
@@ -419,7 +430,7 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                                  'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants openrlhf repeat",
+           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants speculative openrlhf repeat",
            "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
@@ -440,6 +451,13 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                  for w in runs[f"{mode}-vllm-seqs2048-graphs2048"]]
         assert engine.count("--engine-seed") == 1 and [w for w in engine if w != "--engine-seed"] == plain
     assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled
+    # speculation: the default run's flags and --speculative-ngram 4, in one cache of its own
+    for name, plain in (("eval-vllm-ngram4", "eval-vllm-warm"), ("upft-vllm-ngram4", "upft-vllm-draw"),
+                        ("full-vllm-ngram4", "full-vllm-draw")):
+        spec, base = runs[name], runs[plain]
+        assert spec[0] == str(tmp_path / "runs" / "vllm-cache-ngram4") and " ".join(spec).count("--speculative-ngram 4") == 1
+        assert [w for w in spec[1:] if w not in ("--speculative-ngram", "4") and not w.endswith(name)] == \
+            [w for w in base[1:] if not w.endswith(plain)]
     # the repeats: the same commands (and caches) as the evaluations they repeat
     assert runs["eval-vllm-seqs2048-graphs2048-repeat"] == [
         w + "-repeat" if w.endswith("eval-vllm-seqs2048-graphs2048") else w for w in runs["eval-vllm-seqs2048-graphs2048"]]

@@ -14,6 +14,8 @@
 #                   compile cache; then UPFT and full sampling with it (all 2000 UPFT draws at once),
 #                   a seed per draw and with --engine-seed.
 #                   The fastest setting so far (lease 10); graphs up to 1024 alone gained nothing there
+#   speculative     vLLM's n-gram speculation (--speculative-ngram 4): the GSM8K eval, UPFT and full
+#                   sampling, in its own compile cache
 #   repeat          the warm GSM8K evals of vllm-variants and vllm once more, back to back (run it last,
 #                   with the other GPUs idle: an idle host's figures)
 #   openrlhf        OpenRLHF SFT runs: one plain, then the fastest settings: --group-by-length
@@ -33,7 +35,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
-: "${STAGES:=vllm transformers engine-seed vllm-variants openrlhf trained-logits variants continuous decode-steps repeat}"
+: "${STAGES:=vllm transformers engine-seed vllm-variants speculative openrlhf trained-logits variants continuous decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
@@ -70,6 +72,13 @@ vllm-variants() {  # the eval twice in its own compile cache (the first run fill
   for mode in upft full; do  # and with the engine's seed alone (faster sampling; a draw depends on its batch)
     VLLM_CACHE_ROOT=$V2048_CACHE vllm_sampling seqs2048-graphs2048-engine "$mode" "${V2048[@]}" --engine-seed
   done
+}
+speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4): the GSM8K eval, then UPFT and full
+  # sampling, in its own compile cache (the eval's engine start compiles; the draws' starts reuse it)
+  local cache="$RUNS/vllm-cache-ngram4"
+  VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --speculative-ngram 4 \
+    --out "$RUNS/eval-vllm-ngram4"
+  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling ngram4 "$mode" --speculative-ngram 4; done
 }
 repeat() {  # after vllm-variants and vllm (their compile caches warm): each warm eval once more
   local stage
@@ -168,7 +177,7 @@ decode-steps() {
       --out "$RUNS/decode_steps.json"
 }
 
-GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants openrlhf trained-logits variants continuous decode-steps repeat "
+GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative openrlhf trained-logits variants continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done

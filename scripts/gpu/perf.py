@@ -8,10 +8,10 @@ it, so the folder of the lease whose figures should stand goes first.
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
 ``vllm_engine_seed``, ``transformers_eager``, ``transformers_continuous``, ``vllm_cudagraphs_1024``,
-``vllm_max_num_seqs_2048_cudagraphs_2048`` (and that ``_engine_seed``; sampling) and ``eval_variants``
-are the same stages with a setting that may be faster (``--engine-seed``, ``--compile-decode never``,
-``--continuous-batching``, ``--max-num-seqs``, ``--max-cudagraph-size``): a default changes only after
-they win.
+``vllm_max_num_seqs_2048_cudagraphs_2048`` (and that ``_engine_seed``; sampling),
+``vllm_speculative_ngram_4`` and ``eval_variants`` are the same stages with a setting that may be faster
+(``--engine-seed``, ``--compile-decode never``, ``--continuous-batching``, ``--max-num-seqs``,
+``--max-cudagraph-size``, ``--speculative-ngram``): a default changes only after they win.
 ``eval_repeats`` are evaluations run once more (bench.sh's repeat group), by the stage they repeat.
 ``transformers_decode_steps`` is scripts/gpu/decode_steps.py's step times, where it ran.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
@@ -62,14 +62,16 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb",
                 "vllm_cudagraphs_1024": "vllm-graphs1024",
                 "vllm_max_num_seqs_2048_cudagraphs_2048": "vllm-seqs2048-graphs2048",
-                "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": "vllm-seqs2048-graphs2048-engine"}
+                "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": "vllm-seqs2048-graphs2048-engine",
+                "vllm_speculative_ngram_4": "vllm-ngram4"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
                 "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
                 "vllm_gsm8k_max_num_seqs_512": "eval-vllm-seqs512",
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
                 "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048": "eval-vllm-seqs2048-graphs2048",
-                "transformers_gsm8k_continuous": "eval-transformers-cb"}
+                "transformers_gsm8k_continuous": "eval-transformers-cb",
+                "vllm_gsm8k_speculative_ngram_4": "eval-vllm-ngram4"}
     fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16",
             "fast_micro_batch_16_liger": "openrlhf-liger16", "fast_micro_batch_16_liger_zero_stage_0":
             "openrlhf-liger16-zero0", "fast_micro_batch_32_liger": "openrlhf-liger32",
@@ -103,6 +105,12 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
         "full_sampling_s": {k: v["s"] for k, v in full.items()},
         "upft_over_full": {k: round(upft[k]["s"] / full[k]["s"], 3) for k in upft if k in full},
         "sampling_detail": {"upft": upft, "full": full},
+        # the trained-logits group's UPFT and full draws: the vllm group's commands in a compile cache of
+        # their own, timed the same way; every folder's pair, not only the first (how much the ratio varies)
+        "upft_over_full_trainer_sets": {
+            f.name: {"upft_s": u["s"], "full_s": g["s"], "upft_over_full": round(u["s"] / g["s"], 3), "finished": u["finished"]}
+            for f in folders if _first([f], "upft-vllm-sft", "full-vllm-sft")
+            for u, g in [(_sample(f, "upft-vllm-sft"), _sample(f, "full-vllm-sft"))]},
         "vllm_gsm8k_s": warm.get("s"), "vllm_gsm8k_tokens_per_s": warm.get("tokens_per_s"),
         "vllm_engine_start_s": {"cold": cold.get("start_s"), "warm": warm.get("start_s")},
         "transformers_gsm8k_cold_s": round(tf["s"] + (tf["start_s"] or 0), 1) if tf else None,
