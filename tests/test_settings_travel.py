@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import MODEL
 from upft.data import QuestionSource
 from upft.runio import read_json, read_jsonl
@@ -103,8 +105,17 @@ def test_two_runs_sharing_a_sample_pool_never_write_it_at_once(tmp_path, model_p
 def test_speculation_travels_with_the_draws_it_changes():
     """--speculative-ngram changes what a seeded vLLM draw is, so a stage's settings carry it (a run with
     it never passes for one without); the other backend options say only how a run ran."""
-    from upft.stages import speculation
+    from upft.backends import speculation
 
     assert speculation("vllm", {"speculative_ngram": 4, "max_num_seqs": 8, "batch_size": 32}) == {"speculative_ngram": 4}
     assert speculation("vllm", {"speculative_ngram": None, "max_num_seqs": 8}) == {}  # earlier runs' fingerprints
     assert speculation("transformers", {"speculative_ngram": 4}) == {}  # the transformers backend ignores it
+    from upft.experiment import load_config, pool_dir
+
+    def pool(*sets: str) -> Path:
+        return pool_dir(load_config("configs/demo/upft.yaml", list(sets)), Path("runs"))
+
+    vllm = "sample.backend=vllm"
+    assert pool(vllm, "sample.speculative_ngram=4") != pool(vllm)  # other draws: another pool
+    assert pool(vllm, "sample.max_num_seqs=8") == pool(vllm)  # how a pool was drawn does not name it
+    assert pool("sample.speculative_ngram=4") == pool()  # the transformers backend draws the same pool

@@ -86,6 +86,15 @@ BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_paralle
                    "max_num_seqs", "max_cudagraph_size", "speculative_ngram", "compile_decode", "continuous_batching")
 
 
+def speculation(backend: str, options: dict) -> dict:
+    """``{"speculative_ngram": K}`` where vLLM speculates, else empty. Unlike the other backend options it
+    changes what a seeded draw is (see ``upft.vllm_backend.engine_args``), so it goes into a stage's
+    settings and a sample pool's name: a run with it never passes for one without. Empty when off,
+    so runs from before the option keep their fingerprints."""
+    k = options.get("speculative_ngram")
+    return {"speculative_ngram": k} if k and backend == "vllm" else {}
+
+
 def backend_options(args) -> dict:
     """The backend flags of parsed arguments (see add_decoding_args), for make_backend."""
     return {k: getattr(args, k) for k in BACKEND_OPTIONS}

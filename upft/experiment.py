@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from upft import builders, openrlhf_launcher
-from upft.backends import BACKEND_OPTIONS, Decoding
+from upft.backends import BACKEND_OPTIONS, Decoding, speculation
 from upft.data import QuestionSource
 from upft.evaluate import EvalSettings, check_limits
 from upft.openrlhf_launcher import OpenRLHFSettings
@@ -164,7 +164,9 @@ STAGES = ("sample", "prep", "train", "eval")
 
 def pool_dir(cfg: dict, runs: Path) -> Path:
     """Where a config's samples live: named by what was sampled, not how (batch size, GPUs)."""
-    pool = {k: v for k, v in sample_settings(cfg).items() if k not in BACKEND_OPTIONS}
+    drawn = sample_settings(cfg)
+    backend = drawn.get("backend", Decoding.backend)
+    pool = {k: v for k, v in drawn.items() if k not in BACKEND_OPTIONS} | speculation(backend, drawn)
     return runs / f"samples-{fingerprint(pool)[:12]}"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from upft import builders
 from upft.data import BENCHMARKS, QuestionSource, load_benchmark
 from upft.evaluate import EvalSettings, check_golds, evaluate
-from upft.backends import make_backend
+from upft.backends import make_backend, speculation
 from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model, sampling_defaults
@@ -76,15 +76,6 @@ def _backend(name: str, model_path: str, tokenizer, **options):
     """A generation backend stopping on the end-of-turn and eos tokens; ``options`` are its CLI flags."""
     stop = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id})
     return make_backend(name, model_path, tokenizer, stop, **options)
-
-
-def speculation(backend: str, backend_options: dict) -> dict:
-    """``{"speculative_ngram": K}`` where vLLM speculates: unlike the other backend options it changes
-    what a seeded draw is (see ``upft.vllm_backend.engine_args``), so it goes into a stage's settings,
-    and a run with it never passes for one without. Empty otherwise, so runs from before the option
-    keep their fingerprints."""
-    k = backend_options.get("speculative_ngram")
-    return {"speculative_ngram": k} if k and backend == "vllm" else {}
 
 
 def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "upft", L: int = 32, p: float = 0.1,
