@@ -23,13 +23,13 @@ def _w(path: Path, obj: dict) -> None:
 def _bench(root: Path) -> None:
     for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager", "transformers-cb",
                                  "vllm-graphs1024", "vllm-seqs2048-graphs2048", "vllm-seqs2048-graphs2048-engine",
-                                 "vllm-ngram4")):
+                                 "vllm-seqs2048-graphs2048-ngram4")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
                         ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
                         ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0),
-                        ("eval-vllm-seqs2048-graphs2048", 150.0), ("eval-vllm-ngram4", 150.0)):
+                        ("eval-vllm-seqs2048-graphs2048", 150.0), ("eval-vllm-seqs2048-graphs2048-ngram4", 150.0)):
         split = {"generate_s": 18.123, "grade_s": 0.456} if name == "eval-vllm-seqs2048-graphs2048" else {}  # newer
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0, **split})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
@@ -38,7 +38,7 @@ def _bench(root: Path) -> None:
                    ("liger16", 45_000), ("liger16-zero0", 47_000), ("liger32", 48_000), ("causal16", 50_000),
                    ("trained16", 55_000), ("trained32", 60_000), ("zero3", 3_000), ("zero3-trained", 3_600),
                    ("upft-causal16", 40_000), ("upft-trained16", 52_000), ("upft-zero3", 2_000),
-                   ("upft-zero3-trained", 2_600)):
+                   ("upft-zero3-trained", 2_600), ("trained16-repeat", 54_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
         (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
@@ -58,7 +58,7 @@ def test_perf_json_from_bench_runs(tmp_path):
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17,
-                                   "vllm_speculative_ngram_4": 0.18}
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": 0.18}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "generate_s": None, "grade_s": None,
                                                               "grader_pool_s": None,
@@ -68,7 +68,8 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
                                        "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048",
-                                       "transformers_gsm8k_continuous", "vllm_gsm8k_speculative_ngram_4"}
+                                       "transformers_gsm8k_continuous",
+                                       "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["eval_repeats"] == {}
     _w(tmp_path / "eval-vllm-warm-repeat" / "gsm8k.summary.json", {"wall_s": 19.0, "tokens_per_s": 21_000.0,
@@ -127,13 +128,14 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
     p = collect([tmp_path])
     assert p["missing"] == gone and list(p["eval_variants"]) == [
         "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
-        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous", "vllm_gsm8k_speculative_ngram_4"]
+        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous",
+        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4"]
     assert p["openrlhf"]["fast"] is None and p["openrlhf"]["fast_micro_batch_16"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17,
-                                   "vllm_speculative_ngram_4": 0.18}
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": 0.18}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
@@ -149,13 +151,14 @@ OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-causal16", "ope
             "openrlhf-trained32", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16", "openrlhf-liger16",
             "openrlhf-liger16-zero0", "openrlhf-fast"]
 TRAINED_LOGITS = ["full-vllm-sft", "prep-sft", "upft-vllm-sft", "prep-upft", "openrlhf-zero3",
-                  "openrlhf-zero3-trained", "openrlhf-upft-causal16", "openrlhf-upft-trained16", "openrlhf-trained16",
+                  "openrlhf-zero3-trained", "openrlhf-upft-causal16", "openrlhf-upft-trained16", "openrlhf-trained16-repeat",
                   "openrlhf-upft-zero3", "openrlhf-upft-zero3-trained"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048-engine", "full-vllm-seqs2048-graphs2048-engine"]
 
-SPECULATIVE = ["eval-vllm-ngram4", "upft-vllm-ngram4", "full-vllm-ngram4"]
+SPECULATIVE = ["upft-vllm-seqs2048-graphs2048-ngram4", "full-vllm-seqs2048-graphs2048-ngram4",
+               "eval-vllm-seqs2048-graphs2048-ngram4"]
 REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
 # what a stand-in leaves in the folder it was to write: a manifest, as a finished stage does
 FINISH = 'finish() { case "$1" in *.json) ;; *) mkdir -p "$1" && : > "$1/manifest.json" ;; esac; }'
@@ -195,7 +198,7 @@ def test_bench_goes_on_after_a_failed_trained_logits_run_only(tmp_path, fail):
         assert done.returncode == 3 and ran == OPENRLHF[:OPENRLHF.index(fail) + 1]
 
 
-@pytest.mark.parametrize("fail", ["openrlhf-zero3-trained", "openrlhf-upft-trained16", "openrlhf-trained16",
+@pytest.mark.parametrize("fail", ["openrlhf-zero3-trained", "openrlhf-upft-trained16", "openrlhf-trained16-repeat",
                                   "openrlhf-upft-zero3-trained", "openrlhf-zero3", "openrlhf-upft-causal16"])
 def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only(tmp_path, fail):
     """As in the openrlhf group: a --trained-logits run that fails is logged and the next runs; a
@@ -211,7 +214,7 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
 @pytest.mark.parametrize("stages, expected", [
     ("openrlhf", OPENRLHF),
     ("trained-logits", TRAINED_LOGITS),
-    ("openrlhf trained-logits", [*OPENRLHF, *TRAINED_LOGITS]),  # (the real stages skip a second draw)
+    ("openrlhf trained-logits", [*OPENRLHF, *TRAINED_LOGITS]),  # (the real draw stages skip a second draw)
     ("transformers,openrlhf", ["upft-transformers", "full-transformers", "eval-transformers-cold", *OPENRLHF]),
     ("openrlhf transformers", [*OPENRLHF, "upft-transformers", "full-transformers", "eval-transformers-cold"]),
     ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
@@ -337,10 +340,12 @@ def test_several_leases_read_as_one(tmp_path):
         for mode, wall in (("upft", upft_s), ("full", 40.0)):
             _w(folder / f"{mode}-vllm-sft" / "manifest.json", {"wall_s": wall, "sampling_tokens": 1, "finished": "t"})
     assert collect([first, later])["upft_over_full_trainer_sets"] == {
-        "lease1": {"upft_s": 7.0, "full_s": 40.0, "upft_over_full": 0.175, "finished": "t"},
-        "lease2": {"upft_s": 11.0, "full_s": 40.0, "upft_over_full": 0.275, "finished": "t"}}
+        "lease1": {"upft_s": 7.0, "full_s": 40.0, "upft_over_full": 0.175, "finished": ["t", "t"]},
+        "lease2": {"upft_s": 11.0, "full_s": 40.0, "upft_over_full": 0.275, "finished": ["t", "t"]}}
     fast = collect([lone, first, later])["openrlhf"]["fast"]
-    assert fast["tokens_per_s_per_gpu"] == 30_000 and fast["every_lease"] == [1, 30_000]  # every lease's figure
+    assert fast["tokens_per_s_per_gpu"] == 30_000
+    runs = collect([lone, first, later])["openrlhf"]["runs"]  # every folder's figure, by folder
+    assert runs["openrlhf-fast"] == {"lease0": 1, "lease2": 30_000} and runs["openrlhf-1"] == {"lease1": 9_000, "lease2": 21_000}
     (later / "openrlhf-1" / "manifest.json").unlink()
     o = collect([first, later])["openrlhf"]  # no first run beside them: fast16 is the loss reference
     assert o["fast"]["loss_reference"] == "openrlhf-fast16" and o["fast_micro_batch_16"] is None
@@ -430,7 +435,7 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                                  'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants speculative openrlhf repeat",
+           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants speculative openrlhf trained-logits repeat",
            "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
@@ -451,13 +456,13 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                  for w in runs[f"{mode}-vllm-seqs2048-graphs2048"]]
         assert engine.count("--engine-seed") == 1 and [w for w in engine if w != "--engine-seed"] == plain
     assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled
-    # speculation: the default run's flags and --speculative-ngram 4, in one cache of its own
-    for name, plain in (("eval-vllm-ngram4", "eval-vllm-warm"), ("upft-vllm-ngram4", "upft-vllm-draw"),
-                        ("full-vllm-ngram4", "full-vllm-draw")):
-        spec, base = runs[name], runs[plain]
-        assert spec[0] == str(tmp_path / "runs" / "vllm-cache-ngram4") and " ".join(spec).count("--speculative-ngram 4") == 1
-        assert [w for w in spec[1:] if w not in ("--speculative-ngram", "4") and not w.endswith(name)] == \
-            [w for w in base[1:] if not w.endswith(plain)]
+    # speculation: vllm-variants' commands and --speculative-ngram 4, in one cache of its own
+    for stage in ("upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048", "eval-vllm-seqs2048-graphs2048"):
+        spec, base = runs[f"{stage}-ngram4"], runs[stage]
+        assert spec[0] == str(tmp_path / "runs" / "vllm-cache-ngram4")
+        assert " ".join(spec).count("--speculative-ngram 4") == 1
+        assert [w for w in spec[1:] if w not in ("--speculative-ngram", "4") and not w.endswith("-ngram4")] == \
+            [w for w in base[1:] if not w.endswith(stage)]
     # the repeats: the same commands (and caches) as the evaluations they repeat
     assert runs["eval-vllm-seqs2048-graphs2048-repeat"] == [
         w + "-repeat" if w.endswith("eval-vllm-seqs2048-graphs2048") else w for w in runs["eval-vllm-seqs2048-graphs2048"]]
@@ -486,4 +491,23 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                                         "--upft.profile_steps", "8"]
     with_liger = {name for name, words in runs.items() if "--ds.use_liger_kernel" in words}
     assert with_liger == {"openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-causal16", "openrlhf-trained16",
-                          "openrlhf-trained32", "openrlhf-profile"}
+                          "openrlhf-trained32", "openrlhf-profile", "openrlhf-upft-causal16", "openrlhf-upft-trained16",
+                          "openrlhf-trained16-repeat"}
+
+    def renamed(name: str, to: str) -> list[str]:  # NAME's command writing to TO instead
+        return [w.replace(name, to) if w.endswith(name) else w for w in runs[name]]
+
+    # the trained-logits group: each --trained-logits run is the command of the run beside it, and the flag
+    for run, ref in (("openrlhf-zero3-trained", "openrlhf-zero3"), ("openrlhf-upft-trained16", "openrlhf-upft-causal16"),
+                     ("openrlhf-upft-zero3-trained", "openrlhf-upft-zero3")):
+        assert runs[run].count("--trained-logits") == 1
+        assert [w for w in runs[run] if w != "--trained-logits"] == renamed(ref, run)
+    for zero3, data in (("openrlhf-zero3", "prep-sft"), ("openrlhf-upft-zero3", "prep-upft")):  # the launcher's own
+        words = runs[zero3]  # ZeRO stage 3 (after bench's 2) with gradient checkpointing, seed 1, on its set
+        assert words[len(words) - 1 - words[::-1].index("--zero-stage") + 1] == "3" and "--seed" in words
+        assert "--no-gradient-checkpointing" not in words and words[words.index("--data") + 1].endswith(data)
+    assert runs["openrlhf-upft-causal16"][runs["openrlhf-upft-causal16"].index("--data") + 1].endswith("prep-upft")
+    assert runs["openrlhf-trained16-repeat"] == renamed("openrlhf-trained16", "openrlhf-trained16-repeat")
+    prep = " ".join(runs["prep-upft"])  # the UPFT set: the UPFT draw's prefixes of 32 tokens
+    assert "--method upft --L 32" in prep and prep.split("--samples ")[1].split()[0].endswith("upft-vllm-sft")
+    assert "--L 32 --p 0.1" in " ".join(runs["upft-vllm-sft"]) and runs["upft-vllm-sft"][0] == runs["full-vllm-sft"][0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from upft.generation import TransformersBackend
 from upft.errors import UserError
 from upft.schema import add_flags, check_types, from_args
+from upft.vllm_backend import MAX_SPECULATIVE  # vllm itself is not imported here
 
 
 @dataclass
@@ -43,9 +44,9 @@ class Decoding:
         "help": "vllm only: CUDA graphs are captured for decoding steps of up to this many sequences "
                 "(default: vLLM's own, 512; a larger step runs without one)"})
     speculative_ngram: int | None = field(default=None, metadata={
-        "help": "vllm only: speculative decoding that proposes this many tokens by matching n-grams of the prompt "
-                "and the draw so far (no draft model), checked by the model in one step; the same distribution of "
-                "draws, fewer sequential steps where proposals are accepted (default: off)"})
+        "help": "vllm only: speculative decoding that proposes this many tokens (at most 128) by matching n-grams "
+                "of the prompt and the draw so far (no draft model), checked by the model in one step; the same "
+                "distribution of draws, fewer sequential steps where proposals are accepted (default: off)"})
     compile_decode: str = field(default="auto", metadata={
         "choices": ("auto", "always", "never"),
         "help": "transformers on a GPU: a static KV cache and a compiled decoding step (auto: for decodes "
@@ -63,6 +64,8 @@ class Decoding:
                     "max_cudagraph_size", "speculative_ngram"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise UserError(f"{where}{key} must be at least 1, got {getattr(self, key)}")
+        if (self.speculative_ngram or 0) > MAX_SPECULATIVE:  # else vLLM fails an assert after its engine start
+            raise UserError(f"{where}speculative_ngram must be at most {MAX_SPECULATIVE}, got {self.speculative_ngram}")
         if self.temperature < 0 or not 0 < self.gpu_memory_utilization <= 1:
             raise UserError(f"{where}temperature must be >= 0 and gpu_memory_utilization in (0, 1]")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -84,6 +84,7 @@ def to_result(key: str, token_ids: Sequence[int], finish_reason: str, stop_ids: 
 
 
 NGRAM_LOOKUP = 4  # the n-gram matched for a proposal (vLLM's documented example)
+MAX_SPECULATIVE = 128  # vLLM 0.24's rejection sampler asserts no more proposed tokens (MAX_SPEC_LEN)
 
 
 def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memory_utilization: float,
@@ -92,14 +93,18 @@ def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memo
     """Keyword arguments for ``vllm.LLM`` (its ``EngineArgs``): the model's generation_config.json
     is ignored (every draw's settings are explicit), no remote code, and vLLM's own defaults for
     ``max_num_seqs`` and the CUDA graph sizes unless given. vLLM 0.24 on an H100 decodes up to 1024
-    sequences at once but captures graphs only up to 512: a larger step runs without one.
+    sequences at once but captures graphs only up to 512 tokens a step: a larger step runs without one.
 
     ``speculative_ngram`` K turns on vLLM's n-gram speculation: where the last 4 tokens occurred before
     (in the prompt or the draw), the K that followed are proposed, checked in one step of the model and
-    kept by rejection sampling. The draws' distribution stays the model's, and a draw with its own seed
-    still does not depend on its batch, but it differs from the draw without speculation. Aimed at
-    UPFT's pass, whose few full-length draws decode hundreds of steps after its prefixes are done: a
-    small batch, where a step costs little more for K extra tokens and fewer steps would count."""
+    kept by rejection sampling, so the draws' distribution stays the model's; they differ from the
+    draws without speculation, and the scheduler may cut a draw's proposals to fit a step's token
+    budget, so a seeded draw is then no longer independent of its batch. Aimed at UPFT's pass, whose
+    few full-length draws decode hundreds of steps after its prefixes are done: a small batch, where a
+    step costs little more for K extra tokens and fewer steps would count. The proposer is vLLM's GPU
+    one (``ngram_gpu``): its CPU one turns off vLLM's asynchronous scheduling. Each speculating
+    sequence takes up to 1+K tokens of a step, so the default graph sizes (up to 512 tokens) cover
+    about 100 sequences at K=4: pair it with ``max_cudagraph_size``."""
     engine = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                   tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
                   gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -109,7 +114,7 @@ def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memo
     if max_cudagraph_size is not None:
         engine["compilation_config"] = {"max_cudagraph_capture_size": max_cudagraph_size}
     if speculative_ngram is not None:
-        engine["speculative_config"] = {"method": "ngram", "num_speculative_tokens": speculative_ngram,
+        engine["speculative_config"] = {"method": "ngram_gpu", "num_speculative_tokens": speculative_ngram,
                                         "prompt_lookup_max": NGRAM_LOOKUP}  # vLLM 0.24: min = max
     return engine
 

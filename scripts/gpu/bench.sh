@@ -14,8 +14,8 @@
 #                   compile cache; then UPFT and full sampling with it (all 2000 UPFT draws at once),
 #                   a seed per draw and with --engine-seed.
 #                   The fastest setting so far (lease 10); graphs up to 1024 alone gained nothing there
-#   speculative     vLLM's n-gram speculation (--speculative-ngram 4): the GSM8K eval, UPFT and full
-#                   sampling, in its own compile cache
+#   speculative     vllm-variants' settings with vLLM's n-gram speculation (--speculative-ngram 4): UPFT
+#                   and full sampling, then the GSM8K eval, in its own compile cache
 #   repeat          the warm GSM8K evals of vllm-variants and vllm once more, back to back (run it last,
 #                   with the other GPUs idle: an idle host's figures)
 #   openrlhf        OpenRLHF SFT runs: one plain, then the fastest settings: --group-by-length
@@ -26,8 +26,9 @@
 #                   0, and of 8; it first draws the full vLLM samples its set is built from
 #                   (full-vllm-sft, untimed)
 #   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
-#                   gradient checkpointing, on the SFT set and on a UPFT set; with the fastest settings
-#                   on the UPFT set; then the fastest run on the SFT set once more
+#                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; the
+#                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3
+#                   on the UPFT set
 #   variants        transformers without compiling (--compile-decode never)
 #   continuous      transformers' continuous batching (--continuous-batching)
 #   decode-steps    the wall time of one transformers decoding step by batch size and KV cache
@@ -35,7 +36,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
-: "${STAGES:=vllm transformers engine-seed vllm-variants speculative openrlhf trained-logits variants continuous decode-steps repeat}"
+: "${STAGES:=vllm transformers engine-seed vllm-variants speculative openrlhf trained-logits variants continuous \
+decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
@@ -73,12 +75,14 @@ vllm-variants() {  # the eval twice in its own compile cache (the first run fill
     VLLM_CACHE_ROOT=$V2048_CACHE vllm_sampling seqs2048-graphs2048-engine "$mode" "${V2048[@]}" --engine-seed
   done
 }
-speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4): the GSM8K eval, then UPFT and full
-  # sampling, in its own compile cache (the eval's engine start compiles; the draws' starts reuse it)
-  local cache="$RUNS/vllm-cache-ngram4"
-  VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm --speculative-ngram 4 \
-    --out "$RUNS/eval-vllm-ngram4"
-  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling ngram4 "$mode" --speculative-ngram 4; done
+speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4) with graphs for steps of up to 2048
+  # tokens (a speculating sequence takes up to 5 of a step) and 2048 sequences at once, in its own
+  # compile cache: UPFT sampling (its engine start compiles), full sampling, then the GSM8K eval (warm;
+  # greedy, so its answers should be the ones without speculation). Compare with vllm-variants' runs
+  local cache="$RUNS/vllm-cache-ngram4" flags=("${V2048[@]}" --speculative-ngram 4)
+  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048-ngram4 "$mode" "${flags[@]}"; done
+  VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${flags[@]}" \
+    --out "$RUNS/eval-vllm-seqs2048-graphs2048-ngram4"
 }
 repeat() {  # after vllm-variants and vllm (their compile caches warm): each warm eval once more
   local stage
@@ -134,10 +138,11 @@ trained-logits() {
   # --trained-logits where the openrlhf group does not run it, each run beside the same run without it
   # (the same seed: the same rows per step, so the losses compare step by step): the launcher's own
   # settings (ZeRO stage 3, gradient checkpointing; micro-batches of 8 and no Liger here), where
-  # DeepSpeed gathers the output layer's weights as it runs; and UPFT's set (L=32, p=0.1, drawn as the
-  # SFT set), whose prefix rows train few of their positions; then the openrlhf group's fastest run
-  # once more (its figure came from one run). A trained-logits run that fails is logged and the group
-  # goes on.
+  # DeepSpeed gathers the output layer's weights as it runs; UPFT's set (L=32, p=0.1, drawn as the SFT
+  # set), whose prefix rows train few of their positions, with the fastest settings; the openrlhf
+  # group's fastest run once more (its figure came from one run; its own name, so that a RUNS holding
+  # the first does not skip it); the launcher's settings on the UPFT set. A trained-logits run that
+  # fails is logged and the group goes on.
   local fast=(--seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 16 --zero-stage 0
               --causal-attention) liger=(-- --ds.use_liger_kernel)
   sft_set
@@ -149,8 +154,8 @@ trained-logits() {
   train upft "${fast[@]}" --out "$RUNS/openrlhf-upft-causal16" "${liger[@]}"
   train upft "${fast[@]}" --trained-logits --out "$RUNS/openrlhf-upft-trained16" "${liger[@]}" \
     || echo "## openrlhf-upft-trained16 failed: $?"
-  sft "${fast[@]}" --trained-logits --out "$RUNS/openrlhf-trained16" "${liger[@]}" \
-    || echo "## openrlhf-trained16 failed: $?"
+  sft "${fast[@]}" --trained-logits --out "$RUNS/openrlhf-trained16-repeat" "${liger[@]}" \
+    || echo "## openrlhf-trained16-repeat failed: $?"
   train upft --seed 1 --zero-stage 3 --out "$RUNS/openrlhf-upft-zero3"
   train upft --seed 1 --zero-stage 3 --trained-logits --out "$RUNS/openrlhf-upft-zero3-trained" \
     || echo "## openrlhf-upft-zero3-trained failed: $?"
@@ -177,7 +182,8 @@ decode-steps() {
       --out "$RUNS/decode_steps.json"
 }
 
-GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative openrlhf trained-logits variants continuous decode-steps repeat "
+GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative openrlhf trained-logits variants continuous \
+decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done

@@ -8,8 +8,8 @@ it, so the folder of the lease whose figures should stand goes first.
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
 ``vllm_engine_seed``, ``transformers_eager``, ``transformers_continuous``, ``vllm_cudagraphs_1024``,
-``vllm_max_num_seqs_2048_cudagraphs_2048`` (and that ``_engine_seed``; sampling),
-``vllm_speculative_ngram_4`` and ``eval_variants`` are the same stages with a setting that may be faster
+``vllm_max_num_seqs_2048_cudagraphs_2048`` (and that ``_engine_seed`` and ``_speculative_ngram_4``;
+sampling) and ``eval_variants`` are the same stages with a setting that may be faster
 (``--engine-seed``, ``--compile-decode never``, ``--continuous-batching``, ``--max-num-seqs``,
 ``--max-cudagraph-size``, ``--speculative-ngram``): a default changes only after they win.
 ``eval_repeats`` are evaluations run once more (bench.sh's repeat group), by the stage they repeat.
@@ -63,7 +63,7 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "vllm_cudagraphs_1024": "vllm-graphs1024",
                 "vllm_max_num_seqs_2048_cudagraphs_2048": "vllm-seqs2048-graphs2048",
                 "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": "vllm-seqs2048-graphs2048-engine",
-                "vllm_speculative_ngram_4": "vllm-ngram4"}
+                "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": "vllm-seqs2048-graphs2048-ngram4"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
                 "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
@@ -71,7 +71,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
                 "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048": "eval-vllm-seqs2048-graphs2048",
                 "transformers_gsm8k_continuous": "eval-transformers-cb",
-                "vllm_gsm8k_speculative_ngram_4": "eval-vllm-ngram4"}
+                "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4":
+                    "eval-vllm-seqs2048-graphs2048-ngram4"}
     fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16",
             "fast_micro_batch_16_liger": "openrlhf-liger16", "fast_micro_batch_16_liger_zero_stage_0":
             "openrlhf-liger16-zero0", "fast_micro_batch_32_liger": "openrlhf-liger32",
@@ -80,9 +81,11 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
             "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": "openrlhf-trained32"}
     # bench.sh's trained-logits group: each --trained-logits run beside the same run without it
     trained = {"zero_stage_3": ("openrlhf-zero3-trained", "openrlhf-zero3"),
-               "upft_fast_micro_batch_16_liger_zero_stage_0_causal": ("openrlhf-upft-trained16", "openrlhf-upft-causal16"),
+               "upft_fast_micro_batch_16_liger_zero_stage_0_causal": ("openrlhf-upft-trained16",
+                                                                      "openrlhf-upft-causal16"),
                "upft_zero_stage_3": ("openrlhf-upft-zero3-trained", "openrlhf-upft-zero3")}
-    trains = ("openrlhf-1", "openrlhf-2", *fast.values(), *(n for pair in trained.values() for n in pair))
+    trains = ("openrlhf-1", "openrlhf-2", *fast.values(), *(n for pair in trained.values() for n in pair),
+              "openrlhf-trained16-repeat")
     stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
     at = {name: f for name in stages if (f := _first(folders, name))}  # each finished stage -> its folder
     done = set(at)
@@ -108,7 +111,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
         # the trained-logits group's UPFT and full draws: the vllm group's commands in a compile cache of
         # their own, timed the same way; every folder's pair, not only the first (how much the ratio varies)
         "upft_over_full_trainer_sets": {
-            f.name: {"upft_s": u["s"], "full_s": g["s"], "upft_over_full": round(u["s"] / g["s"], 3), "finished": u["finished"]}
+            f.name: {"upft_s": u["s"], "full_s": g["s"], "upft_over_full": round(u["s"] / g["s"], 3),
+                     "finished": [u["finished"], g["finished"]]}
             for f in folders if _first([f], "upft-vllm-sft", "full-vllm-sft")
             for u, g in [(_sample(f, "upft-vllm-sft"), _sample(f, "full-vllm-sft"))]},
         "vllm_gsm8k_s": warm.get("s"), "vllm_gsm8k_tokens_per_s": warm.get("tokens_per_s"),
@@ -125,7 +129,11 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                      "second_run_phases_s": tr[1]["timing"] if len(tr) > 1 else None,
                      "wall_s": [round(t["wall_s"], 1) for t in tr],
                      **{key: _fast(folders, name) for key, name in fast.items()},
-                     "trained_logits": {key: _fast(folders, name, [ref]) for key, (name, ref) in trained.items()}},
+                     "trained_logits": {key: _fast(folders, name, [ref]) for key, (name, ref) in trained.items()},
+                     # every finished run's tokens/s in every folder (by folder name), a reference or not:
+                     # a figure's repeats, and runs whose partner did not finish
+                     "runs": {name: {f.name: read_json(f / name / "manifest.json")["timing"]["tokens_per_s_per_gpu"]
+                                     for f in folders if _first([f], name)} for name in trains if name in done}},
         "transformers_decode_steps": read_json(steps)["results"] if steps else None,
     }
 
@@ -143,8 +151,7 @@ def _fast(folders: list[Path], name: str, refs: list[str] | None = None) -> dict
     ``openrlhf-fast16``, which followed it within 0.0003 in leases 10 and 11; ``loss_reference``
     says which (``refs`` gives others: the trained-logits group's runs follow the same run without
     the flag). The figures say what the settings buy, beside the reference's. Both come from the first
-    folder that holds the run and a reference; None where none does. ``every_lease`` is the run's
-    tokens/s in each folder that finished it, a reference or not (a figure's repeats)."""
+    folder that holds the run and a reference; None where none does."""
     refs = refs or ["openrlhf-1"] + (["openrlhf-fast16"] if name != "openrlhf-fast16" else [])
     pair = next(((f, ref) for f in folders for ref in refs if _first([f], name, ref)), None)
     if pair is None:
@@ -154,9 +161,7 @@ def _fast(folders: list[Path], name: str, refs: list[str] | None = None) -> dict
     timing = read_json(runs / name / "manifest.json")["timing"]
     return {"tokens_per_s_per_gpu": timing["tokens_per_s_per_gpu"], "phases_s": timing,
             "loss_reference": ref, "steps": check["steps"], "max_abs_loss_diff": check["max_abs_diff"],
-            "reference_tokens_per_s_per_gpu": read_json(runs / ref / "manifest.json")["timing"]["tokens_per_s_per_gpu"],
-            "every_lease": [read_json(f / name / "manifest.json")["timing"]["tokens_per_s_per_gpu"]
-                            for f in folders if _first([f], name)]}
+            "reference_tokens_per_s_per_gpu": read_json(runs / ref / "manifest.json")["timing"]["tokens_per_s_per_gpu"]}
 
 
 def main(argv: list[str] | None) -> None:
