@@ -125,7 +125,7 @@ def test_a_compiled_group_is_decoded_in_batches_of_one_shape(backend, monkeypatc
         seen.append((len(prompts), width))
         return real_decode(model, prompts, config, width)
 
-    monkeypatch.setattr(generation, "compiles", lambda *args, **kwargs: True)
+    monkeypatch.setattr(generation, "compiles", lambda *args: True)
     monkeypatch.setattr(generation, "decode", watched)
     reqs = [GenRequest(q.id, tuple(backend.tokenizer(q.text).input_ids), 4) for q in QUESTIONS[:5]]
     chunks = list(backend.generate(reqs))
@@ -201,39 +201,3 @@ def test_compile_decode_from_a_config_is_a_word_yaml_keeps():
     Decoding(**section).check("eval")
     with pytest.raises(UserError, match="eval.compile_decode must be str, got False"):
         Decoding(**yaml.safe_load("compile_decode: off")).check("eval")
-
-
-def test_short_uncompiled_decodes_take_as_many_rows_as_the_long_ones_cache():
-    """UPFT's pass: prefixes (L tokens) beside full draws. An uncompiled group of short decodes takes the
-    rows whose KV cache the long group's batch fills; a compiled group keeps its batch size (its shape)."""
-    from upft.generation import rows_per_batch
-
-    def group(n: int, width: int, max_new: int) -> tuple[tuple, list[GenRequest]]:
-        return (max_new, 0.6, 1.0, 0), [GenRequest(f"{max_new}-{i}", tuple(range(width)), max_new) for i in range(n)]
-
-    prefix, full = group(1800, 100, 32), group(200, 100, 512)
-    gpu = rows_per_batch(dict([prefix, full]), 512, lambda max_new: max_new >= 256)
-    assert gpu == {prefix[0]: 512 * 612 // 132, full[0]: 512}  # 2373 rows: one batch of 1800, not four of 512
-    assert rows_per_batch(dict([prefix, full]), 512, lambda max_new: True)[prefix[0]] == 512  # compiled: its shape
-    assert rows_per_batch(dict([full]), 512, lambda max_new: False) == {full[0]: 512}  # one group: as asked
-    wide = rows_per_batch(dict([group(10, 300, 32), full]), 8, lambda max_new: False)  # wider prompts, fewer rows
-    assert wide == {(32, 0.6, 1.0, 0): 8 * 612 // 332, full[0]: 8}
-
-
-def test_a_upft_pass_decodes_its_prefixes_in_fewer_batches(backend, monkeypatch):
-    """The backend's path: at batch size 2, five 2-token prefixes beside one 40-token draw go in one
-    batch (their cache is smaller than two long rows'), and every request is answered once."""
-    import upft.generation as generation
-
-    seen, real_decode = [], generation.decode
-
-    def watched(model, prompts, config, width=0):
-        seen.append((len(prompts), config.max_new_tokens))
-        return real_decode(model, prompts, config, width)
-
-    monkeypatch.setattr(generation, "decode", watched)
-    reqs = [GenRequest(q.id, tuple(backend.tokenizer(q.text).input_ids), 40 if q.id == "0" else 2)
-            for q in QUESTIONS[:6]]
-    chunks = list(backend.generate(reqs))
-    assert sorted(seen) == [(1, 40), (5, 2)]
-    assert sorted(r.key for c in chunks for r in c) == sorted(r.key for r in reqs)

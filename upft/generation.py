@@ -7,7 +7,6 @@ Backends yield results batch by batch, letting callers write and resume incremen
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -65,23 +64,6 @@ def batches(reqs: list[GenRequest], size: int, uniform: bool) -> list[tuple[list
     out = [reqs[i:i + rows] for i in range(0, len(reqs), rows)]
     out[-1] = out[-1] + [out[-1][-1]] * (rows - len(out[-1]))
     return [(b, width) for b in out]
-
-
-def rows_per_batch(groups: dict[tuple, list[GenRequest]], size: int, compiled) -> dict[tuple, int]:
-    """The batch size of each group of ``TransformersBackend.generate`` (its key's first item is the
-    group's max_new_tokens): ``size`` rows, except that an uncompiled group (``compiled(max_new)``
-    false) of shorter decodes takes as many rows as fit the KV cache that ``size`` rows of the call's
-    longest decode fill (longest prompt + max_new_tokens each).
-
-    UPFT's pass asks for both: its prefixes (L tokens) and its full draws. A dynamic-cache decoding step
-    costs about the same for many rows as for few (on an H200, 115 ms for 200 rows, 174 ms for 1319;
-    ``transformers_decode_steps`` in results/gpu/perf.json), so 1800 prefixes in batches of 512 spent
-    4 x 32 steps where 2 x 32 would do. The cache they take is no larger than the full draws' batch's."""
-    def slots(reqs: list[GenRequest], max_new: int) -> int:
-        return max(len(r.prompt_ids) for r in reqs) + max_new
-
-    budget = size * max(slots(reqs, key[0]) for key, reqs in groups.items())
-    return {key: size if compiled(key[0]) else max(size, budget // slots(reqs, key[0])) for key, reqs in groups.items()}
 
 
 def generation_config(max_new: int, temperature: float, top_p: float, top_k: int, stop_ids: list[int],
@@ -162,15 +144,14 @@ class TransformersBackend:
             groups.setdefault(key, []).append(r)
         total = sum(len(g) for g in groups.values())
         done, new_tokens, t0 = 0, 0, time.time()
-        compiled = functools.partial(compiles, device_type=self.model.device.type, compile_decode=self.compile_decode)
-        sizes = {} if self.continuous_batching else rows_per_batch(groups, self.batch_size, compiled)
         for params, reqs in groups.items():
             reqs.sort(key=lambda r: -len(r.prompt_ids))
             if self.continuous_batching:
                 chunks = self._run_continuous(reqs, *params)
             else:  # decode() runs under inference_mode
+                uniform = compiles(params[0], self.model.device.type, self.compile_decode)
                 chunks = (self._run(batch, width, *params)
-                          for batch, width in batches(reqs, sizes[params], compiled(params[0])))
+                          for batch, width in batches(reqs, self.batch_size, uniform))
             for results in chunks:
                 done += len(results)
                 new_tokens += sum(len(r.token_ids) for r in results)
