@@ -176,12 +176,12 @@ def test_engine_args_are_vllms_own():
     assert graphs.compilation_config.max_cudagraph_capture_size == 1024
     assert default.speculative_config is None  # speculation only when asked for
     ngram = EngineArgs(**engine_args("m", "bfloat16", 1, 0.9, None, 0, None, speculative_ngram=3)).speculative_config
-    assert ngram == {"method": "ngram_gpu", "num_speculative_tokens": 3, "prompt_lookup_max": 4}
+    assert ngram == {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}
     from vllm.config import SpeculativeConfig
 
-    spec = SpeculativeConfig(**ngram)  # vLLM's own reading of it: 4-grams, 3 tokens proposed on the GPU
+    spec = SpeculativeConfig(**ngram)  # vLLM's own reading of it: 4-grams, 3 tokens proposed
     assert (spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max) == (3, 4, 4)
-    assert spec.use_ngram_gpu()  # the GPU proposer, which keeps vLLM's asynchronous scheduling
+    assert not spec.use_ngram_gpu()  # the CPU proposer: the GPU one turns off vLLM's compile cache
     assert vllm.__version__ == "0.24.0"
 
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from upft.generation import TransformersBackend
 from upft.errors import UserError
 from upft.schema import add_flags, check_types, from_args
-from upft.vllm_backend import MAX_SPECULATIVE  # vllm itself is not imported here
+
+
+MAX_SPECULATIVE = 128  # vLLM 0.24's rejection sampler asserts no more proposed tokens (its MAX_SPEC_LEN)
 
 
 @dataclass
@@ -41,8 +43,9 @@ class Decoding:
     max_num_seqs: int | None = field(default=None, metadata={
         "help": "vllm only: most sequences decoded at once (default: vLLM's own, 1024 on an H100)"})
     max_cudagraph_size: int | None = field(default=None, metadata={
-        "help": "vllm only: CUDA graphs are captured for decoding steps of up to this many sequences "
-                "(default: vLLM's own, 512; a larger step runs without one)"})
+        "help": "vllm only: CUDA graphs are captured for decoding steps of up to this many tokens, one a "
+                "sequence (1 + K with --speculative-ngram K) (default: vLLM's own, 512; a larger step runs "
+                "without one)"})
     speculative_ngram: int | None = field(default=None, metadata={
         "help": "vllm only: speculative decoding that proposes this many tokens (at most 128) by matching n-grams "
                 "of the prompt and the draw so far (no draft model), checked by the model in one step; the same "

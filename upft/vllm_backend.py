@@ -84,7 +84,6 @@ def to_result(key: str, token_ids: Sequence[int], finish_reason: str, stop_ids: 
 
 
 NGRAM_LOOKUP = 4  # the n-gram matched for a proposal (vLLM's documented example)
-MAX_SPECULATIVE = 128  # vLLM 0.24's rejection sampler asserts no more proposed tokens (MAX_SPEC_LEN)
 
 
 def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memory_utilization: float,
@@ -101,10 +100,12 @@ def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memo
     draws without speculation, and the scheduler may cut a draw's proposals to fit a step's token
     budget, so a seeded draw is then no longer independent of its batch. Aimed at UPFT's pass, whose
     few full-length draws decode hundreds of steps after its prefixes are done: a small batch, where a
-    step costs little more for K extra tokens and fewer steps would count. The proposer is vLLM's GPU
-    one (``ngram_gpu``): its CPU one turns off vLLM's asynchronous scheduling. Each speculating
-    sequence takes up to 1+K tokens of a step, so the default graph sizes (up to 512 tokens) cover
-    about 100 sequences at K=4: pair it with ``max_cudagraph_size``."""
+    step costs little more for K extra tokens and fewer steps would count. The proposer is vLLM's CPU
+    one (``ngram``), which turns off vLLM's asynchronous scheduling; its GPU one (``ngram_gpu``) keeps
+    that but, in vLLM 0.24, also turns off the compile cache, so every engine start would compile
+    anew (about 175 s on one H200 with 16 CPU cores). Each speculating sequence takes up to 1+K tokens
+    of a step, and graph sizes become multiples of 1+K: the default sizes (up to 512 tokens) cover
+    about 100 sequences at K=4, 2048 about 400."""
     engine = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                   tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
                   gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -114,7 +115,7 @@ def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memo
     if max_cudagraph_size is not None:
         engine["compilation_config"] = {"max_cudagraph_capture_size": max_cudagraph_size}
     if speculative_ngram is not None:
-        engine["speculative_config"] = {"method": "ngram_gpu", "num_speculative_tokens": speculative_ngram,
+        engine["speculative_config"] = {"method": "ngram", "num_speculative_tokens": speculative_ngram,
                                         "prompt_lookup_max": NGRAM_LOOKUP}  # vLLM 0.24: min = max
     return engine
 

@@ -75,10 +75,12 @@ vllm-variants() {  # the eval twice in its own compile cache (the first run fill
     VLLM_CACHE_ROOT=$V2048_CACHE vllm_sampling seqs2048-graphs2048-engine "$mode" "${V2048[@]}" --engine-seed
   done
 }
-speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4) with graphs for steps of up to 2048
-  # tokens (a speculating sequence takes up to 5 of a step) and 2048 sequences at once, in its own
-  # compile cache: UPFT sampling (its engine start compiles), full sampling, then the GSM8K eval (warm;
-  # greedy, so its answers should be the ones without speculation). Compare with vllm-variants' runs
+speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4) with vllm-variants' settings, in its
+  # own compile cache: UPFT sampling (its engine start compiles), full sampling, then the GSM8K eval
+  # (greedy, so its answers should be the ones without speculation). A speculating sequence takes up to
+  # 5 tokens of a step, so graphs up to 2048 tokens cover steps of about 400 sequences: UPFT's tail of
+  # about 200 full draws, not the first waves of full sampling or the eval (vllm-variants' graph every
+  # step). Compare with vllm-variants' runs
   local cache="$RUNS/vllm-cache-ngram4" flags=("${V2048[@]}" --speculative-ngram 4)
   for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048-ngram4 "$mode" "${flags[@]}"; done
   VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${flags[@]}" \
