@@ -102,6 +102,10 @@ train() {  # SET FLAGS...: one OpenRLHF run on RUNS/prep-SET, on one GPU
     --attn sdpa --max-len 1024 --lr 1e-6 "${@:2}"
 }
 sft() { train sft "$@"; }
+# the fastest OpenRLHF settings (leases 13-14): less padding, no recomputation, the same rows per step
+# (seed 1); ZeRO stage 0 and causal attention; Liger's fused kernels (passed through to OpenRLHF)
+FAST=(--seed 1 --group-by-length --no-gradient-checkpointing) BEST=(--zero-stage 0 --causal-attention)
+LIGER=(-- --ds.use_liger_kernel)
 sft_set() {
   # the SFT set's samples, drawn apart from the vllm group's timed draws and compile cache, so the
   # two groups can run at once on two GPUs (the same draws: a seed per draw)
@@ -120,8 +124,7 @@ openrlhf() {
   # run without the newer settings: in micro-batches of 16; with Liger's kernels; with them and ZeRO
   # stage 0; in micro-batches of 8. A trained-logits run that fails (out of memory, say) is logged
   # and the group goes on.
-  local fast=(--seed 1 --group-by-length --no-gradient-checkpointing) liger=(-- --ds.use_liger_kernel)
-  local best=(--zero-stage 0 --causal-attention)
+  local fast=("${FAST[@]}") best=("${BEST[@]}") liger=("${LIGER[@]}")
   sft --seed 1 --out "$RUNS/openrlhf-1"
   sft "${fast[@]}" --micro-batch 16 "${best[@]}" --out "$RUNS/openrlhf-causal16" "${liger[@]}"
   sft "${fast[@]}" --micro-batch 16 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-trained16" "${liger[@]}" \
@@ -145,8 +148,7 @@ trained-logits() {
   # group's fastest run once more (its figure came from one run; its own name, so that a RUNS holding
   # the first does not skip it); the launcher's settings on the UPFT set. A trained-logits run that
   # fails is logged and the group goes on.
-  local fast=(--seed 1 --group-by-length --no-gradient-checkpointing --micro-batch 16 --zero-stage 0
-              --causal-attention) liger=(-- --ds.use_liger_kernel)
+  local fast=("${FAST[@]}" --micro-batch 16 "${BEST[@]}") liger=("${LIGER[@]}")
   sft_set
   VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft upft
   python data_prep/build.py --samples "$RUNS/upft-vllm-sft" --method upft --L 32 --out "$RUNS/prep-upft"
