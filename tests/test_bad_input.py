@@ -159,6 +159,7 @@ def test_an_output_path_under_a_file_is_one_error_line(tmp_path):
     (["--max-cudagraph-size", "0"], "max_cudagraph_size must be at least 1, got 0"),
     (["--speculative-ngram", "0"], "speculative_ngram must be at least 1, got 0"),
     (["--speculative-ngram", "129"], "speculative_ngram must be at most 128, got 129"),
+    (["--speculative-ngram", "4", "--model-runner", "v2"], "speculative_ngram needs model_runner v1: vLLM 0.24's v2 runner has no n-gram speculation"),
 ])
 def test_eval_values_out_of_range_are_one_error_line_and_nothing_written(tmp_path, flags, message):
     r = run_cli("eval/run_eval.py", "--model", MODEL, "--benchmarks", "gsm8k", "--data-dir", "data/demo",

@@ -23,13 +23,14 @@ def _w(path: Path, obj: dict) -> None:
 def _bench(root: Path) -> None:
     for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager", "transformers-cb",
                                  "vllm-graphs1024", "vllm-seqs2048-graphs2048", "vllm-seqs2048-graphs2048-engine",
-                                 "vllm-seqs2048-graphs2048-ngram4")):
+                                 "vllm-seqs2048-graphs2048-ngram4", "vllm-seqs2048-graphs2048-v2")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
                         ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
                         ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0),
-                        ("eval-vllm-seqs2048-graphs2048", 150.0), ("eval-vllm-seqs2048-graphs2048-ngram4", 150.0)):
+                        ("eval-vllm-seqs2048-graphs2048", 150.0), ("eval-vllm-seqs2048-graphs2048-ngram4", 150.0),
+                        ("eval-vllm-seqs2048-graphs2048-v2", 150.0)):
         split = {"generate_s": 18.123, "grade_s": 0.456} if name == "eval-vllm-seqs2048-graphs2048" else {}  # newer
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0, **split})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
@@ -58,7 +59,8 @@ def test_perf_json_from_bench_runs(tmp_path):
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17,
-                                   "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": 0.18}
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": 0.18,
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": 0.19}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "generate_s": None, "grade_s": None,
                                                               "grader_pool_s": None,
@@ -69,7 +71,8 @@ def test_perf_json_from_bench_runs(tmp_path):
                                        "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048",
                                        "transformers_gsm8k_continuous",
-                                       "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4"}
+                                       "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4",
+                                       "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["eval_repeats"] == {}
     _w(tmp_path / "eval-vllm-warm-repeat" / "gsm8k.summary.json", {"wall_s": 19.0, "tokens_per_s": 21_000.0,
@@ -129,13 +132,15 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
     assert p["missing"] == gone and list(p["eval_variants"]) == [
         "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
         "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous",
-        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4"]
+        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4",
+        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2"]
     assert p["openrlhf"]["fast"] is None and p["openrlhf"]["fast_micro_batch_16"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17,
-                                   "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": 0.18}
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": 0.18,
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": 0.19}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
@@ -159,6 +164,7 @@ VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graph
 
 SPECULATIVE = ["upft-vllm-seqs2048-graphs2048-ngram4", "full-vllm-seqs2048-graphs2048-ngram4",
                "eval-vllm-seqs2048-graphs2048-ngram4"]
+RUNNER_V2 = ["upft-vllm-seqs2048-graphs2048-v2", "full-vllm-seqs2048-graphs2048-v2", "eval-vllm-seqs2048-graphs2048-v2"]
 REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
 # what a stand-in leaves in the folder it was to write: a manifest, as a finished stage does
 FINISH = 'finish() { case "$1" in *.json) ;; *) mkdir -p "$1" && : > "$1/manifest.json" ;; esac; }'
@@ -221,12 +227,14 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
     ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
     ("vllm-variants", VLLM_VARIANTS),
     ("speculative", SPECULATIVE),
+    ("runner-v2", RUNNER_V2),
     ("decode-steps", ["decode_steps.json"]),
     ("vllm vllm-variants repeat", ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
                                    *VLLM_VARIANTS, *REPEATS]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
             "upft-transformers", "full-transformers", "eval-transformers-cold",
-            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *OPENRLHF, *TRAINED_LOGITS,
+            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *RUNNER_V2, *OPENRLHF,
+            *TRAINED_LOGITS,
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
             "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
             *REPEATS]),
@@ -435,7 +443,8 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                                  'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants speculative openrlhf trained-logits repeat",
+           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants speculative runner-v2 openrlhf trained-logits "
+           "repeat",
            "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
@@ -462,6 +471,12 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
         assert spec[0] == str(tmp_path / "runs" / "vllm-cache-ngram4")
         assert " ".join(spec).count("--speculative-ngram 4") == 1
         assert [w for w in spec[1:] if w not in ("--speculative-ngram", "4") and not w.endswith("-ngram4")] == \
+            [w for w in base[1:] if not w.endswith(stage)]
+    # the model runner v2: vllm-variants' commands and --model-runner v2, in one cache of its own
+    for stage in ("upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048", "eval-vllm-seqs2048-graphs2048"):
+        v2, base = runs[f"{stage}-v2"], runs[stage]
+        assert v2[0] == str(tmp_path / "runs" / "vllm-cache-v2") and " ".join(v2).count("--model-runner v2") == 1
+        assert [w for w in v2[1:] if w not in ("--model-runner", "v2") and not w.endswith("-v2")] == \
             [w for w in base[1:] if not w.endswith(stage)]
     # the repeats: the same commands (and caches) as the evaluations they repeat
     assert runs["eval-vllm-seqs2048-graphs2048-repeat"] == [

@@ -102,14 +102,15 @@ def test_two_runs_sharing_a_sample_pool_never_write_it_at_once(tmp_path, model_p
     assert sorted(r["id"] for r in rows) == ["0", "1", "2", "3"]
 
 
-def test_speculation_travels_with_the_draws_it_changes():
-    """--speculative-ngram changes what a seeded vLLM draw is, so a stage's settings carry it (a run with
-    it never passes for one without); the other backend options say only how a run ran."""
-    from upft.backends import speculation
+def test_speculation_and_the_model_runner_travel_with_the_draws_they_change():
+    """--speculative-ngram and --model-runner change what a seeded vLLM draw is, so a stage's settings carry
+    them (a run with one never passes for one without); the other backend options say only how a run ran."""
+    from upft.backends import draw_options
 
-    assert speculation("vllm", {"speculative_ngram": 4, "max_num_seqs": 8, "batch_size": 32}) == {"speculative_ngram": 4}
-    assert speculation("vllm", {"speculative_ngram": None, "max_num_seqs": 8}) == {}  # earlier runs' fingerprints
-    assert speculation("transformers", {"speculative_ngram": 4}) == {}  # the transformers backend ignores it
+    assert draw_options("vllm", {"speculative_ngram": 4, "max_num_seqs": 8, "batch_size": 32}) == {"speculative_ngram": 4}
+    assert draw_options("vllm", {"model_runner": "v2", "speculative_ngram": None}) == {"model_runner": "v2"}
+    assert draw_options("vllm", {"speculative_ngram": None, "model_runner": None, "max_num_seqs": 8}) == {}  # earlier runs' fingerprints
+    assert draw_options("transformers", {"speculative_ngram": 4, "model_runner": "v2"}) == {}  # transformers ignores them
     from upft.experiment import load_config, pool_dir
 
     def pool(*sets: str) -> Path:
@@ -117,5 +118,6 @@ def test_speculation_travels_with_the_draws_it_changes():
 
     vllm = "sample.backend=vllm"
     assert pool(vllm, "sample.speculative_ngram=4") != pool(vllm)  # other draws: another pool
+    assert len({pool(vllm), pool(vllm, "sample.model_runner=v1"), pool(vllm, "sample.model_runner=v2")}) == 3
     assert pool(vllm, "sample.max_num_seqs=8") == pool(vllm)  # how a pool was drawn does not name it
     assert pool("sample.speculative_ngram=4") == pool()  # the transformers backend draws the same pool

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +20,7 @@ from upft.backends import make_backend
 from upft.generation import GenRequest, TransformersBackend
 from upft.errors import UserError
 from upft.vllm_backend import (engine_args, final_only_sampling_params, gpu_groups, longest_first, prompt_input,
-                               sampling_kwargs, to_result)
+                               runner_env, sampling_kwargs, to_result)
 
 STOP = [2, 7]
 GREEDY = GenRequest("q1#0", (5, 6, 7, 8), max_new_tokens=64, seed=11)
@@ -183,6 +184,22 @@ def test_engine_args_are_vllms_own():
     assert (spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max) == (3, 4, 4)
     assert not spec.use_ngram_gpu()  # the CPU proposer: the GPU one turns off vLLM's compile cache
     assert vllm.__version__ == "0.24.0"
+
+
+@pytest.mark.parametrize("runner, v2", [("v1", False), ("v2", True)])
+def test_the_model_runner_a_worker_asks_for_is_the_one_vllm_reads(monkeypatch, runner, v2):
+    """--model-runner reaches vLLM as the environment variable its config reads (the worker sets it before
+    importing vLLM; vLLM's engine process inherits it); unset, vLLM picks by the model's architecture."""
+    pytest.importorskip("vllm")
+    import vllm.envs as envs
+    from vllm.config import VllmConfig
+
+    assert runner_env(None) == {}
+    for name, value in runner_env(runner).items():
+        monkeypatch.setenv(name, value)
+    assert envs.VLLM_USE_V2_MODEL_RUNNER is v2
+    # what the engine asks (VllmConfig's property; set, the variable decides before the model is looked at)
+    assert VllmConfig.use_v2_model_runner.fget(SimpleNamespace()) is v2
 
 
 def test_vllm_takes_prompt_ids_as_given():

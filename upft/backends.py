@@ -50,6 +50,11 @@ class Decoding:
         "help": "vllm only: speculative decoding that proposes this many tokens (at most 128) by matching n-grams "
                 "of the prompt and the draw so far (no draft model), checked by the model in one step; the same "
                 "distribution of draws, fewer sequential steps where proposals are accepted (default: off)"})
+    model_runner: str | None = field(default=None, metadata={
+        "choices": ("v1", "v2"),
+        "help": "vllm only: vLLM's model runner (default: vLLM's choice, v1 for Qwen2 models in vLLM 0.24); v2 draws "
+                "the noise of seeded draws for a whole batch in one kernel, where v1 loops over the draws; each gives "
+                "other draws for the same seeds"})
     compile_decode: str = field(default="auto", metadata={
         "choices": ("auto", "always", "never"),
         "help": "transformers on a GPU: a static KV cache and a compiled decoding step (auto: for decodes "
@@ -69,6 +74,8 @@ class Decoding:
                 raise UserError(f"{where}{key} must be at least 1, got {getattr(self, key)}")
         if (self.speculative_ngram or 0) > MAX_SPECULATIVE:  # else vLLM fails an assert after its engine start
             raise UserError(f"{where}speculative_ngram must be at most {MAX_SPECULATIVE}, got {self.speculative_ngram}")
+        if self.speculative_ngram and self.model_runner == "v2":  # else vLLM refuses it after loading the model
+            raise UserError(f"{where}speculative_ngram needs model_runner v1: vLLM 0.24's v2 runner has no n-gram speculation")
         if self.temperature < 0 or not 0 < self.gpu_memory_utilization <= 1:
             raise UserError(f"{where}temperature must be >= 0 and gpu_memory_utilization in (0, 1]")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -89,16 +96,17 @@ def check_decoding(args) -> None:
 
 
 BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
-                   "max_num_seqs", "max_cudagraph_size", "speculative_ngram", "compile_decode", "continuous_batching")
+                   "max_num_seqs", "max_cudagraph_size", "speculative_ngram", "model_runner", "compile_decode", "continuous_batching")
+DRAW_OPTIONS = ("speculative_ngram", "model_runner")  # the vLLM options that change what a seeded draw is
 
 
-def speculation(backend: str, options: dict) -> dict:
-    """``{"speculative_ngram": K}`` where vLLM speculates, else empty. Unlike the other backend options it
-    changes what a seeded draw is (see ``upft.vllm_backend.engine_args``), so it goes into a stage's
-    settings and a sample pool's name: a run with it never passes for one without. Empty when off,
-    so runs from before the option keep their fingerprints."""
-    k = options.get("speculative_ngram")
-    return {"speculative_ngram": k} if k and backend == "vllm" else {}
+def draw_options(backend: str, options: dict) -> dict:
+    """Those of ``DRAW_OPTIONS`` that are set, where vLLM runs, else empty. Unlike the other backend
+    options they change what a seeded draw is (n-gram speculation: see ``upft.vllm_backend.engine_args``;
+    the model runner: each draws its noise its own way), so they go into a stage's settings and a sample
+    pool's name: a run with one never passes for one without. Left out when unset, so runs from before
+    the options keep their fingerprints."""
+    return {k: options[k] for k in DRAW_OPTIONS if options.get(k) and backend == "vllm"}
 
 
 def backend_options(args) -> dict:

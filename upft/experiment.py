@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from upft import builders, openrlhf_launcher
-from upft.backends import BACKEND_OPTIONS, Decoding, speculation
+from upft.backends import BACKEND_OPTIONS, Decoding, draw_options
 from upft.data import QuestionSource
 from upft.evaluate import EvalSettings, check_limits
 from upft.openrlhf_launcher import OpenRLHFSettings
@@ -166,7 +166,7 @@ def pool_dir(cfg: dict, runs: Path) -> Path:
     """Where a config's samples live: named by what was sampled, not how (batch size, GPUs)."""
     drawn = sample_settings(cfg)
     backend = drawn.get("backend", Decoding.backend)
-    pool = {k: v for k, v in drawn.items() if k not in BACKEND_OPTIONS} | speculation(backend, drawn)
+    pool = {k: v for k, v in drawn.items() if k not in BACKEND_OPTIONS} | draw_options(backend, drawn)
     return runs / f"samples-{fingerprint(pool)[:12]}"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from upft import builders
 from upft.data import BENCHMARKS, QuestionSource, load_benchmark
 from upft.evaluate import EvalSettings, check_golds, evaluate
-from upft.backends import make_backend, speculation
+from upft.backends import make_backend, draw_options
 from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model, sampling_defaults
@@ -100,7 +100,7 @@ def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "
                 "backend": backend}
     if engine_seed and backend == "vllm":  # recorded only when on, so pools drawn before the option stay valid
         settings["engine_seed"] = True
-    settings.update(speculation(backend, backend_options))
+    settings.update(draw_options(backend, backend_options))
     outdir = Path(out)
     if _skip(outdir, settings, ["samples.jsonl"], force):
         return outdir
@@ -230,7 +230,7 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
     man = Path(model_path) / "manifest.json"
     fp = {"model": model_path, "model_run": read_json(man).get("fingerprint") if man.is_file() else None,
           "benchmarks": benchmarks, "data_dir": data_dir, "judge": judge_path, **vars(settings),
-          **speculation(backend, backend_options)}
+          **draw_options(backend, backend_options)}
     outdir = Path(out)
     if _skip(outdir, fp, ["summary.json"], force):
         return read_json(outdir / "summary.json")

@@ -149,9 +149,20 @@ def longest_first(items: list[tuple]) -> list[int]:
     return sorted(range(len(items)), key=lambda i: -items[i][2]["max_tokens"])
 
 
-def _serve(gpus: str, engine: dict, inbox, results) -> None:
+def runner_env(model_runner: str | None) -> dict[str, str]:
+    """The environment that picks vLLM's model runner (vLLM 0.24 reads only ``VLLM_USE_V2_MODEL_RUNNER``;
+    unset, it picks one by the model's architecture: v1 for Qwen2, v2 for Llama and Qwen3, among others).
+
+    The reason to pick: with a seed per draw, v1 draws each draw's sampling noise in a Python loop, one
+    kernel per draw and step (its ``random_sample``), so the GPU waits on the CPU; v2 draws all of a
+    step's noise in one kernel, from each draw's seed and the token's position (its ``gumbel.py``), so a
+    draw stays independent of its batch. The two give different draws for the same seeds."""
+    return {} if model_runner is None else {"VLLM_USE_V2_MODEL_RUNNER": "1" if model_runner == "v2" else "0"}
+
+
+def _serve(gpus: str, engine: dict, env: dict[str, str], inbox, results) -> None:
     """A worker: one engine on ``gpus``, streaming each shard it is sent back as its draws finish."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before vLLM (and CUDA) start in this process
+    os.environ.update(CUDA_VISIBLE_DEVICES=gpus, **env)  # before vLLM (and CUDA) start in this process
     os.setpgrp()  # so the parent can stop this worker and vLLM's own processes as one group
     from vllm import LLM
 
@@ -216,7 +227,8 @@ class VLLMBackend:
                  tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
                  seed: int = 0, engine_seed: bool = False, max_num_seqs: int | None = None,
-                 max_cudagraph_size: int | None = None, speculative_ngram: int | None = None):
+                 max_cudagraph_size: int | None = None, speculative_ngram: int | None = None,
+                 model_runner: str | None = None):
         groups = gpu_groups(tensor_parallel_size, data_parallel_size)
         self.stop_ids = sorted(set(stop_ids))
         self.tokenizer = tokenizer
@@ -229,7 +241,7 @@ class VLLMBackend:
         _track(self)  # before the first worker starts: a SIGTERM from here on stops what has started
         for gpus in groups:
             inbox, outbox = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_serve, args=(gpus, engine, inbox, self.results))
+            proc = ctx.Process(target=_serve, args=(gpus, engine, runner_env(model_runner), inbox, self.results))
             proc.start()
             self.workers.append((proc, outbox))
         for _ in groups:

@@ -16,6 +16,9 @@
 #                   The fastest setting so far (lease 10); graphs up to 1024 alone gained nothing there
 #   speculative     vllm-variants' settings with vLLM's n-gram speculation (--speculative-ngram 4): UPFT
 #                   and full sampling, then the GSM8K eval, in its own compile cache
+#   runner-v2       vllm-variants' settings with vLLM's model runner v2 (--model-runner v2: a step's
+#                   seeded noise in one kernel): UPFT and full sampling, then the GSM8K eval, in its
+#                   own compile cache. Compare with vllm-variants' runs of the same lease
 #   repeat          the warm GSM8K evals of vllm-variants and vllm once more, back to back (run it last,
 #                   with the other GPUs idle: an idle host's figures)
 #   openrlhf        OpenRLHF SFT runs: one plain, then the fastest settings: --group-by-length
@@ -36,8 +39,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
-: "${STAGES:=vllm transformers engine-seed vllm-variants speculative openrlhf trained-logits variants continuous \
-decode-steps repeat}"
+: "${STAGES:=vllm transformers engine-seed vllm-variants speculative runner-v2 openrlhf trained-logits variants \
+continuous decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
@@ -85,6 +88,15 @@ speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4) with vllm-v
   for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048-ngram4 "$mode" "${flags[@]}"; done
   VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${flags[@]}" \
     --out "$RUNS/eval-vllm-seqs2048-graphs2048-ngram4"
+}
+runner-v2() {  # vLLM's model runner v2 with vllm-variants' settings, in its own compile cache: UPFT
+  # sampling (its engine start compiles), full sampling, then the GSM8K eval (greedy: its accuracy should
+  # be vllm-variants'). v1 draws a step's seeded noise one draw at a time on the CPU's call, v2 in one
+  # kernel: the draws differ, the distribution does not
+  local cache="$RUNS/vllm-cache-v2" flags=("${V2048[@]}" --model-runner v2)
+  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048-v2 "$mode" "${flags[@]}"; done
+  VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${flags[@]}" \
+    --out "$RUNS/eval-vllm-seqs2048-graphs2048-v2"
 }
 repeat() {  # after vllm-variants and vllm (their compile caches warm): each warm eval once more
   local stage
@@ -186,8 +198,8 @@ decode-steps() {
       --out "$RUNS/decode_steps.json"
 }
 
-GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative openrlhf trained-logits variants continuous \
-decode-steps repeat "
+GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 openrlhf trained-logits variants \
+continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done
