@@ -105,6 +105,15 @@ def test_perf_json_from_bench_runs(tmp_path):
     assert p["openrlhf"]["fast"]["reference_tokens_per_s_per_gpu"] == 21_000
 
 
+def test_ratios_come_from_the_manifests_seconds_not_the_rounded_ones(tmp_path):
+    _bench(tmp_path)
+    _w(tmp_path / "upft-vllm-draw" / "manifest.json", {"wall_s": 6.249, "sampling_tokens": 120_000})
+    _w(tmp_path / "full-vllm-draw" / "manifest.json", {"wall_s": 30.049, "sampling_tokens": 600_000})
+    p = collect([tmp_path])
+    assert (p["upft_sampling_s"]["vllm"], p["full_sampling_s"]["vllm"]) == (6.2, 30.0)  # 6.2 / 30.0 = 0.207
+    assert p["upft_over_full"]["vllm"] == 0.208
+
+
 def test_a_lease_without_a_first_run_compares_its_fast_runs_with_its_fast16(tmp_path):
     """Lease 12 ran no plain first run: its Liger runs follow its own micro-batch 16 run, never another
     lease's first run (each lease draws its own training set); micro-batch 16 itself needs a first run."""

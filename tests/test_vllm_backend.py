@@ -20,7 +20,7 @@ from upft.backends import make_backend
 from upft.generation import GenRequest, TransformersBackend
 from upft.errors import UserError
 from upft.vllm_backend import (engine_args, final_only_sampling_params, gpu_groups, longest_first, prompt_input,
-                               runner_env, sampling_kwargs, to_result)
+                               sampling_kwargs, to_result)
 
 STOP = [2, 7]
 GREEDY = GenRequest("q1#0", (5, 6, 7, 8), max_new_tokens=64, seed=11)
@@ -186,20 +186,45 @@ def test_engine_args_are_vllms_own():
     assert vllm.__version__ == "0.24.0"
 
 
-@pytest.mark.parametrize("runner, v2", [("v1", False), ("v2", True)])
-def test_the_model_runner_a_worker_asks_for_is_the_one_vllm_reads(monkeypatch, runner, v2):
-    """--model-runner reaches vLLM as the environment variable its config reads (the worker sets it before
-    importing vLLM; vLLM's engine process inherits it); unset, vLLM picks by the model's architecture."""
-    pytest.importorskip("vllm")
+@pytest.mark.parametrize("runner, shell, v2", [("v1", None, False), ("v2", "0", True), (None, "1", None)])
+def test_the_model_runner_asked_for_is_the_one_vllm_reads(monkeypatch, model_path, tok, runner, shell, v2):
+    """--model-runner goes from make_backend through the worker (the process vLLM starts in; its engine
+    process inherits the environment) to the variable vLLM's config reads. Unset, a variable left in the
+    caller's shell (SHELL) is dropped: vLLM then picks by the model's architecture, as the run's settings,
+    which name no runner, say. The worker runs in this process here, vLLM's engine replaced by a recorder
+    of what the real one would read; the spawn, the process group and the GPU count are stood in for."""
+    vllm = pytest.importorskip("vllm")
+    import queue
+
     import vllm.envs as envs
     from vllm.config import VllmConfig
+    from upft import vllm_backend
 
-    assert runner_env(None) == {}
-    for name, value in runner_env(runner).items():
-        monkeypatch.setenv(name, value)
-    assert envs.VLLM_USE_V2_MODEL_RUNNER is v2
-    # what the engine asks (VllmConfig's property; set, the variable decides before the model is looked at)
-    assert VllmConfig.use_v2_model_runner.fget(SimpleNamespace()) is v2
+    read = []
+
+    def engine(**kwargs):  # what vLLM's engine would decide, at the point the worker starts it
+        read.append(envs.VLLM_USE_V2_MODEL_RUNNER)
+        if envs.VLLM_USE_V2_MODEL_RUNNER is not None:  # set, it decides before the model is looked at
+            read.append(VllmConfig.use_v2_model_runner.fget(SimpleNamespace()))
+
+    class Spawn:  # runs each worker at once, in this process, with an inbox that asks for no work
+        Queue = queue.Queue
+
+        def Pipe(self, duplex):
+            return SimpleNamespace(recv=lambda: None), None
+
+        def Process(self, target, args):
+            return SimpleNamespace(start=lambda: target(*args))
+
+    for name, value in (("VLLM_USE_V2_MODEL_RUNNER", shell), ("CUDA_VISIBLE_DEVICES", "0")):  # restored after
+        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(vars(vllm), "LLM", engine)  # not setattr: vLLM imports LLM lazily, with its server deps
+    monkeypatch.setattr(vllm_backend.mp, "get_context", lambda method: Spawn())
+    monkeypatch.setattr(vllm_backend, "_track", lambda backend: None)
+    monkeypatch.setattr(vllm_backend.os, "setpgrp", lambda: None)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    make_backend("vllm", model_path, tok, STOP, model_runner=runner)
+    assert read == ([v2, v2] if runner else [None])
 
 
 def test_vllm_takes_prompt_ids_as_given():

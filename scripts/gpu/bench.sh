@@ -78,25 +78,24 @@ vllm-variants() {  # the eval twice in its own compile cache (the first run fill
     VLLM_CACHE_ROOT=$V2048_CACHE vllm_sampling seqs2048-graphs2048-engine "$mode" "${V2048[@]}" --engine-seed
   done
 }
-speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4) with vllm-variants' settings, in its
-  # own compile cache: UPFT sampling (its engine start compiles), full sampling, then the GSM8K eval
-  # (greedy, so its answers should be the ones without speculation). A speculating sequence takes up to
-  # 5 tokens of a step, so graphs up to 2048 tokens cover steps of about 400 sequences: UPFT's tail of
-  # about 200 full draws, not the first waves of full sampling or the eval (vllm-variants' graph every
-  # step). Compare with vllm-variants' runs
-  local cache="$RUNS/vllm-cache-ngram4" flags=("${V2048[@]}" --speculative-ngram 4)
-  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048-ngram4 "$mode" "${flags[@]}"; done
+v2048_variant() {  # SUFFIX CACHE FLAGS...: vllm-variants' UPFT and full sampling, then its GSM8K eval,
+  # with FLAGS added, in compile cache CACHE (the first engine start compiles), as *-seqs2048-graphs2048-SUFFIX
+  local name="seqs2048-graphs2048-$1" cache=$2 flags=("${V2048[@]}" "${@:3}")
+  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling "$name" "$mode" "${flags[@]}"; done
   VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${flags[@]}" \
-    --out "$RUNS/eval-vllm-seqs2048-graphs2048-ngram4"
+    --out "$RUNS/eval-vllm-$name"
 }
-runner-v2() {  # vLLM's model runner v2 with vllm-variants' settings, in its own compile cache: UPFT
-  # sampling (its engine start compiles), full sampling, then the GSM8K eval (greedy: its accuracy should
-  # be vllm-variants'). v1 draws a step's seeded noise one draw at a time on the CPU's call, v2 in one
+speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4) with vllm-variants' settings (the
+  # eval is greedy, so its answers should be the ones without speculation). A speculating sequence takes
+  # up to 5 tokens of a step, so graphs up to 2048 tokens cover steps of about 400 sequences: UPFT's tail
+  # of about 200 full draws, not the first waves of full sampling or the eval (vllm-variants' graph every
+  # step). Compare with vllm-variants' runs
+  v2048_variant ngram4 "$RUNS/vllm-cache-ngram4" --speculative-ngram 4
+}
+runner-v2() {  # vLLM's model runner v2 with vllm-variants' settings (greedy eval: its accuracy should be
+  # vllm-variants'). v1 draws a step's seeded noise with a kernel launch per draw from Python, v2 in one
   # kernel: the draws differ, the distribution does not
-  local cache="$RUNS/vllm-cache-v2" flags=("${V2048[@]}" --model-runner v2)
-  for mode in upft full; do VLLM_CACHE_ROOT=$cache vllm_sampling seqs2048-graphs2048-v2 "$mode" "${flags[@]}"; done
-  VLLM_CACHE_ROOT=$cache python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --backend vllm "${flags[@]}" \
-    --out "$RUNS/eval-vllm-seqs2048-graphs2048-v2"
+  v2048_variant v2 "$RUNS/vllm-cache-v2" --model-runner v2
 }
 repeat() {  # after vllm-variants and vllm (their compile caches warm): each warm eval once more
   local stage

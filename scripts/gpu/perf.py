@@ -35,6 +35,11 @@ def _sample(runs: Path, name: str) -> dict:
             "finished": m.get("finished")}
 
 
+def _ratio(upft: Path, full: Path) -> float:
+    """UPFT's sampling time over full sampling's, from the manifests' own seconds (not the rounded ones)."""
+    return round(read_json(upft / "manifest.json")["wall_s"] / read_json(full / "manifest.json")["wall_s"], 3)
+
+
 def _eval(runs: Path, name: str) -> dict:
     s = read_json(runs / name / "gsm8k.summary.json")
     m = read_json(runs / name / "manifest.json")
@@ -109,12 +114,13 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
         "missing": [name for name in stages if name not in done],
         "upft_sampling_s": {k: v["s"] for k, v in upft.items()},
         "full_sampling_s": {k: v["s"] for k, v in full.items()},
-        "upft_over_full": {k: round(upft[k]["s"] / full[k]["s"], 3) for k in upft if k in full},
+        "upft_over_full": {k: _ratio(at[f"upft-{v}"] / f"upft-{v}", at[f"full-{v}"] / f"full-{v}")
+                           for k, v in backends.items() if k in upft and k in full},
         "sampling_detail": {"upft": upft, "full": full},
         # the trained-logits group's UPFT and full draws: the vllm group's commands in a compile cache of
         # their own, timed the same way; every folder's pair, not only the first (how much the ratio varies)
         "upft_over_full_trainer_sets": {
-            f.name: {"upft_s": u["s"], "full_s": g["s"], "upft_over_full": round(u["s"] / g["s"], 3),
+            f.name: {"upft_s": u["s"], "full_s": g["s"], "upft_over_full": _ratio(f / "upft-vllm-sft", f / "full-vllm-sft"),
                      "finished": [u["finished"], g["finished"]]}
             for f in folders if _first([f], "upft-vllm-sft", "full-vllm-sft")
             for u, g in [(_sample(f, "upft-vllm-sft"), _sample(f, "full-vllm-sft"))]},
