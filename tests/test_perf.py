@@ -474,19 +474,14 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                  for w in runs[f"{mode}-vllm-seqs2048-graphs2048"]]
         assert engine.count("--engine-seed") == 1 and [w for w in engine if w != "--engine-seed"] == plain
     assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled
-    # speculation: vllm-variants' commands and --speculative-ngram 4, in one cache of its own
-    for stage in ("upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048", "eval-vllm-seqs2048-graphs2048"):
-        spec, base = runs[f"{stage}-ngram4"], runs[stage]
-        assert spec[0] == str(tmp_path / "runs" / "vllm-cache-ngram4")
-        assert " ".join(spec).count("--speculative-ngram 4") == 1
-        assert [w for w in spec[1:] if w not in ("--speculative-ngram", "4") and not w.endswith("-ngram4")] == \
-            [w for w in base[1:] if not w.endswith(stage)]
-    # the model runner v2: vllm-variants' commands and --model-runner v2, in one cache of its own
-    for stage in ("upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048", "eval-vllm-seqs2048-graphs2048"):
-        v2, base = runs[f"{stage}-v2"], runs[stage]
-        assert v2[0] == str(tmp_path / "runs" / "vllm-cache-v2") and " ".join(v2).count("--model-runner v2") == 1
-        assert [w for w in v2[1:] if w not in ("--model-runner", "v2") and not w.endswith("-v2")] == \
-            [w for w in base[1:] if not w.endswith(stage)]
+    # speculation and the model runner v2: vllm-variants' commands and the flag, each in one cache of its own
+    for suffix, flag in (("ngram4", ["--speculative-ngram", "4"]), ("v2", ["--model-runner", "v2"])):
+        for stage in ("upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048", "eval-vllm-seqs2048-graphs2048"):
+            variant, base = runs[f"{stage}-{suffix}"], runs[stage]
+            assert variant[0] == str(tmp_path / "runs" / f"vllm-cache-{suffix}")
+            assert " ".join(variant).count(" ".join(flag)) == 1
+            assert [w for w in variant[1:] if w not in flag and not w.endswith(f"-{suffix}")] == \
+                [w for w in base[1:] if not w.endswith(stage)]
     # the repeats: the same commands (and caches) as the evaluations they repeat
     assert runs["eval-vllm-seqs2048-graphs2048-repeat"] == [
         w + "-repeat" if w.endswith("eval-vllm-seqs2048-graphs2048") else w for w in runs["eval-vllm-seqs2048-graphs2048"]]

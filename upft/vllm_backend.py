@@ -152,24 +152,26 @@ def longest_first(items: list[tuple]) -> list[int]:
 RUNNER_VAR = "VLLM_USE_V2_MODEL_RUNNER"  # the only switch vLLM 0.24 reads
 
 
-def runner_env(model_runner: str | None) -> dict[str, str]:
-    """The environment that picks vLLM's model runner; empty where none is asked for, and then vLLM picks
-    one by the model's architecture (v1 for Qwen2, v2 for Llama and Qwen3, among others), falling back
-    to v1 where v2 lacks a feature the engine asks for (n-gram speculation, say).
+def use_runner(model_runner: str | None) -> None:
+    """Pick vLLM's model runner for this process and the engine process it starts (they inherit the
+    environment). None leaves the pick to vLLM, dropping a value from the caller's shell so that the run's
+    settings, which then name no runner, stay true: vLLM picks by the model's architecture (v1 for Qwen2,
+    v2 for Llama and Qwen3, among others), falling back to v1 where v2 lacks a feature the engine asks
+    for (n-gram speculation, say).
 
     The reason to pick: with a seed per draw, v1 draws each draw's sampling noise in a Python loop, one
     kernel launch per draw and step (its ``random_sample``), so the GPU waits on the CPU; v2 draws all of
     a step's noise in one kernel, from each draw's seed and the token's position (its ``gumbel.py``).
     The two give different draws for the same seeds."""
-    return {} if model_runner is None else {RUNNER_VAR: "1" if model_runner == "v2" else "0"}
+    os.environ.pop(RUNNER_VAR, None)
+    if model_runner is not None:
+        os.environ[RUNNER_VAR] = "1" if model_runner == "v2" else "0"
 
 
 def _serve(gpus: str, engine: dict, model_runner: str | None, inbox, results) -> None:
     """A worker: one engine on ``gpus``, streaming each shard it is sent back as its draws finish."""
-    # before vLLM (and CUDA) start in this process; vLLM's engine process inherits them. A runner
-    # variable from the caller's shell goes, so that a run whose settings name no runner is vLLM's pick
-    os.environ.pop(RUNNER_VAR, None)
-    os.environ.update(CUDA_VISIBLE_DEVICES=gpus, **runner_env(model_runner))
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before vLLM (and CUDA) start in this process
+    use_runner(model_runner)
     os.setpgrp()  # so the parent can stop this worker and vLLM's own processes as one group
     from vllm import LLM
 
