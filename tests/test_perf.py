@@ -161,7 +161,7 @@ def test_no_finished_stage_is_one_error(tmp_path):
         collect([tmp_path])
 
 
-OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-causal16", "openrlhf-trained16",
+OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-trained16", "openrlhf-causal16",
             "openrlhf-trained32", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16", "openrlhf-liger16",
             "openrlhf-liger16-zero0", "openrlhf-fast"]
 TRAINED_LOGITS = ["full-vllm-sft", "prep-sft", "upft-vllm-sft", "prep-upft", "openrlhf-zero3",

@@ -22,9 +22,9 @@
 #   repeat          the warm GSM8K evals of vllm-variants and vllm once more, back to back (run it last,
 #                   with the other GPUs idle: an idle host's figures)
 #   openrlhf        OpenRLHF SFT runs: one plain, then the fastest settings: --group-by-length
-#                   --no-gradient-checkpointing --micro-batch 16, Liger's kernels, ZeRO stage 0 and
-#                   --causal-attention; that with --trained-logits in micro-batches of 16 and 32, and
-#                   profiled; a second plain one (it must load DeepSpeed's ops, not build them); the
+#                   --no-gradient-checkpointing --micro-batch 16, Liger's kernels, ZeRO stage 0,
+#                   --causal-attention and --trained-logits; that without --trained-logits; the fastest
+#                   in micro-batches of 32, and profiled; a second plain one (it must load DeepSpeed's ops, not build them); the
 #                   fast one with micro-batches of 16, with Liger's kernels, with them and ZeRO stage
 #                   0, and of 8; it first draws the full vLLM samples its set is built from
 #                   (full-vllm-sft, untimed)
@@ -126,10 +126,11 @@ sft_set() {
 openrlhf() {
   sft_set
   # the plain run first (it builds DeepSpeed's Adam op; perf.py compares every other run's losses
-  # with it), then the fast settings, as a lease of one GPU may end before the group does: micro-batches
-  # of 16 with less padding, no recomputation, Liger's fused kernels, ZeRO stage 0 and causal
-  # attention (lease 13's fastest); that with the trained positions' logits alone in micro-batches of
-  # 16 (the fastest, lease 14) and 32 (with the same settings but OpenRLHF's float32 logits of every
+  # with it), then the fastest settings, as a lease of one GPU may end before the group does:
+  # micro-batches of 16 with less padding, no recomputation, Liger's fused kernels, ZeRO stage 0, causal
+  # attention and the trained positions' logits alone (the fastest, lease 14; the second run, so it
+  # also shows the op loaded, not built); that with every position's logits (lease 13's fastest); the
+  # fastest in micro-batches of 32 (with the same settings but OpenRLHF's float32 logits of every
   # position, 32 ran out of GPU memory in lease 13); the fastest with 8 of its micro-steps profiled
   # (where a step's time goes; untimed); a second plain run (its ops must load, not build); the fast
   # run without the newer settings: in micro-batches of 16; with Liger's kernels; with them and ZeRO
@@ -137,9 +138,9 @@ openrlhf() {
   # and the group goes on.
   local fast=("${FAST[@]}") best=("${BEST[@]}") liger=("${LIGER[@]}")
   sft --seed 1 --out "$RUNS/openrlhf-1"
-  sft "${fast[@]}" --micro-batch 16 "${best[@]}" --out "$RUNS/openrlhf-causal16" "${liger[@]}"
   sft "${fast[@]}" --micro-batch 16 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-trained16" "${liger[@]}" \
     || echo "## openrlhf-trained16 failed: $?"
+  sft "${fast[@]}" --micro-batch 16 "${best[@]}" --out "$RUNS/openrlhf-causal16" "${liger[@]}"
   sft "${fast[@]}" --micro-batch 32 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-trained32" "${liger[@]}" \
     || echo "## openrlhf-trained32 failed: $?"
   sft "${fast[@]}" --micro-batch 16 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-profile" "${liger[@]}" \
