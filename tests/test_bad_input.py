@@ -87,6 +87,8 @@ def test_yaml_numbers_in_any_notation_are_numbers(tmp_path):
     ("train: {trainer: openrlhf, gpus: 3, batch_size: 64}\n", "must be a multiple of micro-batch x GPUs = 3"),
     ("sample: {batch_size: 0}\n", "sample.batch_size must be at least 1, got 0"),
     ("sample: {top_p: 1.5}\n", r"sample.top_p must be in \(0, 1\], got 1.5"),
+    ("sample: {cudagraph_mode: full_decode_only}\n", "sample.cudagraph_mode must be one of FULL_AND_PIECEWISE, "
+     "FULL_DECODE_ONLY, FULL, PIECEWISE, NONE, got 'full_decode_only'"),
     ("eval: {benchmarks: [gsm8k], tensor_parallel_size: 0}\n", "eval.tensor_parallel_size must be at least 1"),
     ("eval: {benchmarks: []}\n", "eval.benchmarks is empty"),
 ])

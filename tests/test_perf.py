@@ -23,14 +23,16 @@ def _w(path: Path, obj: dict) -> None:
 def _bench(root: Path) -> None:
     for i, backend in enumerate(("vllm-draw", "vllm-engine", "transformers", "transformers-eager", "transformers-cb",
                                  "vllm-graphs1024", "vllm-seqs2048-graphs2048", "vllm-seqs2048-graphs2048-engine",
-                                 "vllm-seqs2048-graphs2048-ngram4", "vllm-seqs2048-graphs2048-v2")):
+                                 "vllm-seqs2048-graphs2048-ngram4", "vllm-seqs2048-graphs2048-v2",
+                                 "vllm-seqs2048-graphs2048-v2-decode-graphs")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
                         ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
                         ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0),
                         ("eval-vllm-seqs2048-graphs2048", 150.0), ("eval-vllm-seqs2048-graphs2048-ngram4", 150.0),
-                        ("eval-vllm-seqs2048-graphs2048-v2", 150.0)):
+                        ("eval-vllm-seqs2048-graphs2048-v2", 150.0),
+                        ("eval-vllm-seqs2048-graphs2048-v2-decode-graphs", 150.0)):
         split = {"generate_s": 18.123, "grade_s": 0.456} if name == "eval-vllm-seqs2048-graphs2048" else {}  # newer
         _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0, **split})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
@@ -60,7 +62,8 @@ def test_perf_json_from_bench_runs(tmp_path):
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": 0.18,
-                                   "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": 0.19}
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": 0.19,
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only": 0.2}
     assert p["eval_variants"]["transformers_gsm8k_eager"] == {"s": 20.0, "start_s": 5.0, "tokens_per_s": 20_000,
                                                               "accuracy": 62.0, "generate_s": None, "grade_s": None,
                                                               "grader_pool_s": None,
@@ -72,7 +75,8 @@ def test_perf_json_from_bench_runs(tmp_path):
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048",
                                        "transformers_gsm8k_continuous",
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4",
-                                       "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2"}
+                                       "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2",
+                                       "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["eval_repeats"] == {}
     _w(tmp_path / "eval-vllm-warm-repeat" / "gsm8k.summary.json", {"wall_s": 19.0, "tokens_per_s": 21_000.0,
@@ -142,14 +146,16 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
         "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
         "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous",
         "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4",
-        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2"]
+        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2",
+        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only"]
     assert p["openrlhf"]["fast"] is None and p["openrlhf"]["fast_micro_batch_16"] is None
     assert p["upft_over_full"] == {"vllm": 0.1, "vllm_engine_seed": 0.11,  # no ratio without both halves
                                    "transformers_eager": 0.13, "transformers_continuous": 0.14,
                                    "vllm_cudagraphs_1024": 0.15, "vllm_max_num_seqs_2048_cudagraphs_2048": 0.16,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": 0.17,
                                    "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": 0.18,
-                                   "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": 0.19}
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": 0.19,
+                                   "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only": 0.2}
     assert p["upft_sampling_s"]["transformers"] == 12.0
     assert p["transformers_gsm8k_cold_s"] is None and p["gsm8k_accuracy"]["transformers"] is None
     assert p["openrlhf"]["second_run_phases_s"] is None and p["openrlhf"]["wall_s"] == [200.0]
@@ -174,6 +180,8 @@ VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graph
 SPECULATIVE = ["upft-vllm-seqs2048-graphs2048-ngram4", "full-vllm-seqs2048-graphs2048-ngram4",
                "eval-vllm-seqs2048-graphs2048-ngram4"]
 RUNNER_V2 = ["upft-vllm-seqs2048-graphs2048-v2", "full-vllm-seqs2048-graphs2048-v2", "eval-vllm-seqs2048-graphs2048-v2"]
+DECODE_GRAPHS = ["upft-vllm-seqs2048-graphs2048-v2-decode-graphs", "full-vllm-seqs2048-graphs2048-v2-decode-graphs",
+                 "eval-vllm-seqs2048-graphs2048-v2-decode-graphs"]
 REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
 # what a stand-in leaves in the folder it was to write: a manifest, as a finished stage does
 FINISH = 'finish() { case "$1" in *.json) ;; *) mkdir -p "$1" && : > "$1/manifest.json" ;; esac; }'
@@ -237,12 +245,13 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
     ("vllm-variants", VLLM_VARIANTS),
     ("speculative", SPECULATIVE),
     ("runner-v2", RUNNER_V2),
+    ("decode-graphs", DECODE_GRAPHS),
     ("decode-steps", ["decode_steps.json"]),
     ("vllm vllm-variants repeat", ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
                                    *VLLM_VARIANTS, *REPEATS]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
             "upft-transformers", "full-transformers", "eval-transformers-cold",
-            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *RUNNER_V2, *OPENRLHF,
+            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *RUNNER_V2, *DECODE_GRAPHS, *OPENRLHF,
             *TRAINED_LOGITS,
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
             "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
@@ -452,8 +461,8 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                                  'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants speculative runner-v2 openrlhf trained-logits "
-           "repeat",
+           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants speculative runner-v2 decode-graphs openrlhf "
+           "trained-logits repeat",
            "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
@@ -474,8 +483,10 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                  for w in runs[f"{mode}-vllm-seqs2048-graphs2048"]]
         assert engine.count("--engine-seed") == 1 and [w for w in engine if w != "--engine-seed"] == plain
     assert runs["eval-vllm-seqs2048-graphs2048"][0] == upft[0]  # the cache its evaluations filled
-    # speculation and the model runner v2: vllm-variants' commands and the flag, each in one cache of its own
-    for suffix, flag in (("ngram4", ["--speculative-ngram", "4"]), ("v2", ["--model-runner", "v2"])):
+    # speculation, the model runner v2 and that with decoding graphs alone: vllm-variants' commands and
+    # the flags, each in one cache of its own
+    for suffix, flag in (("ngram4", ["--speculative-ngram", "4"]), ("v2", ["--model-runner", "v2"]),
+                         ("v2-decode-graphs", ["--model-runner", "v2", "--cudagraph-mode", "FULL_DECODE_ONLY"])):
         for stage in ("upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048", "eval-vllm-seqs2048-graphs2048"):
             variant, base = runs[f"{stage}-{suffix}"], runs[stage]
             assert variant[0] == str(tmp_path / "runs" / f"vllm-cache-{suffix}")

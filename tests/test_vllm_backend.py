@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,8 +164,9 @@ def test_vllm_sampling_params_keep_every_field(req):
 
 
 def test_engine_args_are_vllms_own():
-    """What the workers pass to ``vllm.LLM`` goes through vLLM's EngineArgs as named; --max-num-seqs
-    and --max-cudagraph-size reach it, and without them vLLM keeps its own defaults."""
+    """What the workers pass to ``vllm.LLM`` goes through vLLM's EngineArgs as named; --max-num-seqs,
+    --max-cudagraph-size and --cudagraph-mode reach it, each on its own, and without them vLLM keeps its
+    own defaults."""
     vllm = pytest.importorskip("vllm")
     from vllm.engine.arg_utils import EngineArgs
 
@@ -173,6 +175,10 @@ def test_engine_args_are_vllms_own():
     assert not default.trust_remote_code and default.enable_prefix_caching
     assert EngineArgs(**engine_args("m", "bfloat16", 1, 0.9, None, 0, 2048)).max_num_seqs == 2048
     assert default.compilation_config.max_cudagraph_capture_size is None  # vLLM picks its own
+    assert default.compilation_config.cudagraph_mode is None
+    mode = EngineArgs(**engine_args("m", "bfloat16", 1, 0.9, None, 0, None, cudagraph_mode="FULL_DECODE_ONLY"))
+    assert mode.compilation_config.cudagraph_mode.name == "FULL_DECODE_ONLY"
+    assert mode.compilation_config.max_cudagraph_capture_size is None
     graphs = EngineArgs(**engine_args("m", "bfloat16", 1, 0.9, None, 0, None, 1024))
     assert graphs.compilation_config.max_cudagraph_capture_size == 1024
     assert default.speculative_config is None  # speculation only when asked for
@@ -186,28 +192,17 @@ def test_engine_args_are_vllms_own():
     assert vllm.__version__ == "0.24.0"
 
 
-@pytest.mark.parametrize("runner, shell, v2", [("v1", None, False), ("v2", "0", True), (None, "1", None)])
-def test_the_model_runner_asked_for_is_the_one_vllm_reads(monkeypatch, model_path, tok, runner, shell, v2):
-    """--model-runner goes from make_backend through the worker (the process vLLM starts in; its engine
-    process inherits the environment) to the variable vLLM's config reads. Unset, a variable left in the
-    caller's shell (SHELL) is dropped: vLLM then picks by the model's architecture, as the run's settings,
-    which name no runner, say. The worker runs in this process here, vLLM's engine replaced by a recorder
-    of what the real one would read; the spawn, the process group and the GPU count are stood in for."""
-    vllm = pytest.importorskip("vllm")
+def _workers_here(monkeypatch, engine) -> None:
+    """make_backend("vllm", ...) runs each worker (the real _serve) at once, in this process, with vLLM's
+    engine replaced by ``engine`` and an inbox that asks for no work; the spawn, the process group and the
+    GPU count are stood in for."""
     import queue
 
-    import vllm.envs as envs
-    from vllm.config import VllmConfig
+    import vllm
+
     from upft import vllm_backend
 
-    read = []
-
-    def engine(**kwargs):  # what vLLM's engine would decide, at the point the worker starts it
-        read.append(envs.VLLM_USE_V2_MODEL_RUNNER)
-        if envs.VLLM_USE_V2_MODEL_RUNNER is not None:  # set, it decides before the model is looked at
-            read.append(VllmConfig.use_v2_model_runner.fget(SimpleNamespace()))
-
-    class Spawn:  # runs each worker at once, in this process, with an inbox that asks for no work
+    class Spawn:
         Queue = queue.Queue
 
         def Pipe(self, duplex):
@@ -216,15 +211,76 @@ def test_the_model_runner_asked_for_is_the_one_vllm_reads(monkeypatch, model_pat
         def Process(self, target, args):
             return SimpleNamespace(start=lambda: target(*args))
 
-    for name, value in (("VLLM_USE_V2_MODEL_RUNNER", shell), ("CUDA_VISIBLE_DEVICES", "0")):  # restored after
-        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # the worker sets it; restored after
     monkeypatch.setitem(vars(vllm), "LLM", engine)  # not setattr: vLLM imports LLM lazily, with its server deps
     monkeypatch.setattr(vllm_backend.mp, "get_context", lambda method: Spawn())
     monkeypatch.setattr(vllm_backend, "_track", lambda backend: None)
     monkeypatch.setattr(vllm_backend.os, "setpgrp", lambda: None)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+
+
+@pytest.mark.parametrize("runner, shell, v2", [("v1", None, False), ("v2", "0", True), (None, "1", None)])
+def test_the_model_runner_asked_for_is_the_one_vllm_reads(monkeypatch, model_path, tok, runner, shell, v2):
+    """--model-runner goes from make_backend through the worker (the process vLLM starts in; its engine
+    process inherits the environment) to the variable vLLM's config reads. Unset, a variable left in the
+    caller's shell (SHELL) is dropped: vLLM then picks by the model's architecture, as the run's settings,
+    which name no runner, say. vLLM's engine is replaced by a recorder of what the real one would read."""
+    pytest.importorskip("vllm")
+    import vllm.envs as envs
+    from vllm.config import VllmConfig
+
+    read = []
+
+    def engine(**kwargs):  # what vLLM's engine would decide, at the point the worker starts it
+        read.append(envs.VLLM_USE_V2_MODEL_RUNNER)
+        if envs.VLLM_USE_V2_MODEL_RUNNER is not None:  # set, it decides before the model is looked at
+            read.append(VllmConfig.use_v2_model_runner.fget(SimpleNamespace()))
+
+    if shell:  # restored after
+        monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", shell)
+    else:
+        monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    _workers_here(monkeypatch, engine)
     make_backend("vllm", model_path, tok, STOP, model_runner=runner)
     assert read == ([v2, v2] if runner else [None])
+
+
+def test_the_graph_flags_reach_the_engine_and_its_start_is_logged(monkeypatch, capsys, model_path, tok):
+    """--max-cudagraph-size and --cudagraph-mode go from make_backend (which passes a backend only the
+    options it names) through the worker to vLLM's compilation config; the worker logs how long vLLM's
+    import and its engine's start took, the parts of a stage's backend_start_s that are vLLM's."""
+    pytest.importorskip("vllm")
+    from vllm.config import CompilationConfig, CUDAGraphMode
+
+    got = []
+    _workers_here(monkeypatch, lambda **kwargs: got.append(kwargs))
+    make_backend("vllm", model_path, tok, STOP, max_cudagraph_size=2048, cudagraph_mode="FULL_DECODE_ONLY")
+    config = CompilationConfig(**got[0]["compilation_config"])  # as vLLM's EngineArgs reads the dict
+    assert (config.max_cudagraph_capture_size, config.cudagraph_mode) == (2048, CUDAGraphMode.FULL_DECODE_ONLY)
+    assert re.search(r"\[vllm\] engine on GPU 0 ready: vLLM imported in \d+\.\d s, its engine started in "
+                     r"\d+\.\d s", capsys.readouterr().err)
+
+
+def test_every_backend_flag_reaches_a_backend():
+    """Each decoding flag is a draw setting the stages take by name or a backend option: parsed into
+    backend_options and taken by a backend's constructor (make_backend passes each backend only the
+    options it names, so a flag missing from either would be parsed and then silently dropped)."""
+    import argparse
+    import inspect
+    from dataclasses import fields
+
+    from upft.backends import BACKEND_OPTIONS, Decoding, add_decoding_args, backend_options
+    from upft.vllm_backend import VLLMBackend
+
+    settings = {"max_new_tokens", "temperature", "top_p", "top_k", "seed", "engine_seed", "prompt_style", "backend"}
+    assert {f.name for f in fields(Decoding)} == settings | set(BACKEND_OPTIONS)
+    takes = {*inspect.signature(VLLMBackend).parameters, *inspect.signature(TransformersBackend).parameters}
+    assert set(BACKEND_OPTIONS) <= takes
+    ap = argparse.ArgumentParser()
+    add_decoding_args(ap, 0.0)
+    args = ap.parse_args(["--backend", "vllm", "--cudagraph-mode", "FULL_DECODE_ONLY", "--max-cudagraph-size", "2048"])
+    assert (backend_options(args)["cudagraph_mode"], backend_options(args)["max_cudagraph_size"]) == (
+        "FULL_DECODE_ONLY", 2048)
 
 
 def test_vllm_takes_prompt_ids_as_given():

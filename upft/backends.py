@@ -46,6 +46,12 @@ class Decoding:
         "help": "vllm only: CUDA graphs are captured for decoding steps of up to this many tokens, one a "
                 "sequence (1 + K with --speculative-ngram K) (default: vLLM's own, 512; a larger step runs "
                 "without one)"})
+    cudagraph_mode: str | None = field(default=None, metadata={
+        "choices": ("FULL_AND_PIECEWISE", "FULL_DECODE_ONLY", "FULL", "PIECEWISE", "NONE"),
+        "help": "vllm only: which steps run as CUDA graphs (vLLM's cudagraph_mode; default: vLLM's own, "
+                "FULL_AND_PIECEWISE); FULL_DECODE_ONLY captures graphs for decoding steps alone, for a faster "
+                "engine start: steps with prompt tokens then run without one (few where --max-num-seqs covers "
+                "every prompt)"})
     speculative_ngram: int | None = field(default=None, metadata={
         "help": "vllm only: speculative decoding that proposes this many tokens (at most 128) by matching n-grams "
                 "of the prompt and the draw so far (no draft model), checked by the model in one step; the same "
@@ -96,7 +102,8 @@ def check_decoding(args) -> None:
 
 
 BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
-                   "max_num_seqs", "max_cudagraph_size", "speculative_ngram", "model_runner", "compile_decode", "continuous_batching")
+                   "max_num_seqs", "max_cudagraph_size", "cudagraph_mode", "speculative_ngram", "model_runner",
+                   "compile_decode", "continuous_batching")
 DRAW_OPTIONS = ("speculative_ngram", "model_runner")  # the vLLM options that change what a seeded draw is
 
 

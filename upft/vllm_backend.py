@@ -88,7 +88,8 @@ NGRAM_LOOKUP = 4  # the n-gram matched for a proposal (vLLM's documented example
 
 def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memory_utilization: float,
                 max_model_len: int | None, seed: int, max_num_seqs: int | None,
-                max_cudagraph_size: int | None = None, speculative_ngram: int | None = None) -> dict:
+                max_cudagraph_size: int | None = None, speculative_ngram: int | None = None,
+                cudagraph_mode: str | None = None) -> dict:
     """Keyword arguments for ``vllm.LLM`` (its ``EngineArgs``): the model's generation_config.json
     is ignored (every draw's settings are explicit), no remote code, and vLLM's own defaults for
     ``max_num_seqs`` and the CUDA graph sizes unless given. vLLM 0.24 on an H100 decodes up to 1024
@@ -105,15 +106,25 @@ def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memo
     that but, in vLLM 0.24, also turns off the compile cache, so every engine start would compile
     anew (about 175 s on one H200 with 16 CPU cores). Each speculating sequence takes up to 1+K tokens
     of a step, and graph sizes become multiples of 1+K: the default sizes (up to 512 tokens) cover
-    about 100 sequences at K=4, 2048 about 400."""
+    about 100 sequences at K=4, 2048 about 400.
+
+    ``cudagraph_mode`` is vLLM's: by default it captures every graph size twice, a whole-step graph for
+    steps that only decode and a piecewise one (attention left out) for steps with prompt tokens; the
+    capture took 15-22 s of a warm engine start on an H100 with sizes up to 2048 (leases 16-17), the
+    piecewise half the slower. ``FULL_DECODE_ONLY`` captures the first kind alone, aimed at a faster
+    start. Where ``max_num_seqs`` covers every prompt of a pass (all admitted at once), prompt tokens
+    come only in its first steps, most of them larger than any graph, and the decoding steps after them
+    keep their graphs; with fewer, prompts enter as draws finish, and those mixed steps lose theirs."""
     engine = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                   tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
                   gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                   enable_prefix_caching=True, trust_remote_code=False)
     if max_num_seqs is not None:
         engine["max_num_seqs"] = max_num_seqs
-    if max_cudagraph_size is not None:
-        engine["compilation_config"] = {"max_cudagraph_capture_size": max_cudagraph_size}
+    graphs = {k: v for k, v in (("max_cudagraph_capture_size", max_cudagraph_size),
+                                ("cudagraph_mode", cudagraph_mode)) if v is not None}
+    if graphs:  # else vLLM's own defaults
+        engine["compilation_config"] = graphs
     if speculative_ngram is not None:
         engine["speculative_config"] = {"method": "ngram", "num_speculative_tokens": speculative_ngram,
                                         "prompt_lookup_max": NGRAM_LOOKUP}  # vLLM 0.24: min = max
@@ -169,13 +180,20 @@ def use_runner(model_runner: str | None) -> None:
 
 
 def _serve(gpus: str, engine: dict, model_runner: str | None, inbox, results) -> None:
-    """A worker: one engine on ``gpus``, streaming each shard it is sent back as its draws finish."""
+    """A worker: one engine on ``gpus``, streaming each shard it is sent back as its draws finish.
+
+    It logs how long importing vLLM and starting its engine took: the rest of a stage's
+    ``backend_start_s`` is mostly this process's own start (an interpreter, the entry point's imports)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before vLLM (and CUDA) start in this process
     use_runner(model_runner)
     os.setpgrp()  # so the parent can stop this worker and vLLM's own processes as one group
+    t0 = time.monotonic()
     from vllm import LLM
 
+    imported = time.monotonic()
     llm = LLM(**engine)
+    print(f"[vllm] engine on GPU {gpus} ready: vLLM imported in {imported - t0:.1f} s, "
+          f"its engine started in {time.monotonic() - imported:.1f} s", file=sys.stderr, flush=True)
     results.put(("ready", None))
     while (items := inbox.recv()) is not None:  # EOFError (and exit) if the parent is gone
         for rows in stream(llm.llm_engine, final_only_sampling_params(), items):
@@ -237,13 +255,13 @@ class VLLMBackend:
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
                  seed: int = 0, engine_seed: bool = False, max_num_seqs: int | None = None,
                  max_cudagraph_size: int | None = None, speculative_ngram: int | None = None,
-                 model_runner: str | None = None):
+                 model_runner: str | None = None, cudagraph_mode: str | None = None):
         groups = gpu_groups(tensor_parallel_size, data_parallel_size)
         self.stop_ids = sorted(set(stop_ids))
         self.tokenizer = tokenizer
         self.engine_seed = engine_seed
         engine = engine_args(model_path, dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len, seed,
-                             max_num_seqs, max_cudagraph_size, speculative_ngram)
+                             max_num_seqs, max_cudagraph_size, speculative_ngram, cudagraph_mode)
         ctx = mp.get_context("spawn")
         self.results = ctx.Queue()
         self.workers = []

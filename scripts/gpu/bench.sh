@@ -19,15 +19,18 @@
 #   runner-v2       vllm-variants' settings with vLLM's model runner v2 (--model-runner v2: a step's
 #                   seeded noise in one kernel): UPFT and full sampling, then the GSM8K eval, in its
 #                   own compile cache. Compare with vllm-variants' runs of the same lease
+#   decode-graphs   runner-v2's runs with CUDA graphs for decoding steps alone (--cudagraph-mode
+#                   FULL_DECODE_ONLY: half the graphs to capture at each engine start), in its own compile
+#                   cache. Compare with runner-v2's runs of the same lease
 #   repeat          the warm GSM8K evals of vllm-variants and vllm once more, back to back (run it last,
 #                   with the other GPUs idle: an idle host's figures)
 #   openrlhf        OpenRLHF SFT runs: one plain, then the fastest settings: --group-by-length
 #                   --no-gradient-checkpointing --micro-batch 16, Liger's kernels, ZeRO stage 0,
 #                   --causal-attention and --trained-logits; that without --trained-logits; the fastest
-#                   in micro-batches of 32, and profiled; a second plain one (it must load DeepSpeed's ops, not build them); the
-#                   fast one with micro-batches of 16, with Liger's kernels, with them and ZeRO stage
-#                   0, and of 8; it first draws the full vLLM samples its set is built from
-#                   (full-vllm-sft, untimed)
+#                   in micro-batches of 32, and profiled; a second plain one (it must load DeepSpeed's
+#                   ops, not build them); the fast one with micro-batches of 16, with Liger's kernels,
+#                   with them and ZeRO stage 0, and of 8; it first draws the full vLLM samples its set
+#                   is built from (full-vllm-sft, untimed)
 #   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
 #                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; the
 #                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3
@@ -39,8 +42,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
-: "${STAGES:=vllm transformers engine-seed vllm-variants speculative runner-v2 openrlhf trained-logits variants \
-continuous decode-steps repeat}"
+: "${STAGES:=vllm transformers engine-seed vllm-variants speculative runner-v2 decode-graphs openrlhf trained-logits \
+variants continuous decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
@@ -96,6 +99,11 @@ runner-v2() {  # vLLM's model runner v2 with vllm-variants' settings (greedy eva
   # vllm-variants'). v1 draws a step's seeded noise with a kernel launch per draw from Python, v2 in one
   # kernel: the draws differ, the distribution does not
   v2048_variant v2 "$RUNS/vllm-cache-v2" --model-runner v2
+}
+decode-graphs() {  # runner-v2 capturing whole-step graphs for decoding steps alone (vLLM's
+  # FULL_DECODE_ONLY), not also piecewise ones for steps with prompt tokens: a faster engine start
+  v2048_variant v2-decode-graphs "$RUNS/vllm-cache-v2-decode-graphs" --model-runner v2 \
+    --cudagraph-mode FULL_DECODE_ONLY
 }
 repeat() {  # after vllm-variants and vllm (their compile caches warm): each warm eval once more
   local stage
@@ -198,8 +206,8 @@ decode-steps() {
       --out "$RUNS/decode_steps.json"
 }
 
-GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 openrlhf trained-logits variants \
-continuous decode-steps repeat "
+GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 decode-graphs openrlhf trained-logits \
+variants continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done

@@ -8,11 +8,11 @@ it, so the folder of the lease whose figures should stand goes first.
 Sampling and evaluation times are the stages' own (decoding and grading), with the backend's start
 (model load; for vLLM the engine's compile and warm-up) reported apart from its manifest.
 ``vllm_engine_seed``, ``transformers_eager``, ``transformers_continuous``, ``vllm_cudagraphs_1024``,
-``vllm_max_num_seqs_2048_cudagraphs_2048`` (and that ``_engine_seed``, ``_speculative_ngram_4`` and
-``_model_runner_v2``; sampling) and ``eval_variants`` are the same stages with a setting that may be
-faster (``--engine-seed``, ``--compile-decode never``, ``--continuous-batching``, ``--max-num-seqs``,
-``--max-cudagraph-size``, ``--speculative-ngram``, ``--model-runner``): a default changes only after
-they win.
+``vllm_max_num_seqs_2048_cudagraphs_2048`` (and that ``_engine_seed``, ``_speculative_ngram_4``,
+``_model_runner_v2`` and ``_model_runner_v2_full_decode_only``; sampling) and ``eval_variants`` are the
+same stages with a setting that may be faster (``--engine-seed``, ``--compile-decode never``,
+``--continuous-batching``, ``--max-num-seqs``, ``--max-cudagraph-size``, ``--speculative-ngram``,
+``--model-runner``, ``--cudagraph-mode``): a default changes only after they win.
 ``eval_repeats`` are evaluations run once more (bench.sh's repeat group), by the stage they repeat.
 ``transformers_decode_steps`` is scripts/gpu/decode_steps.py's step times, where it ran.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
@@ -70,7 +70,9 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "vllm_max_num_seqs_2048_cudagraphs_2048": "vllm-seqs2048-graphs2048",
                 "vllm_max_num_seqs_2048_cudagraphs_2048_engine_seed": "vllm-seqs2048-graphs2048-engine",
                 "vllm_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4": "vllm-seqs2048-graphs2048-ngram4",
-                "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": "vllm-seqs2048-graphs2048-v2"}
+                "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": "vllm-seqs2048-graphs2048-v2",
+                "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only":
+                    "vllm-seqs2048-graphs2048-v2-decode-graphs"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
                 "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
@@ -80,7 +82,9 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                 "transformers_gsm8k_continuous": "eval-transformers-cb",
                 "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4":
                     "eval-vllm-seqs2048-graphs2048-ngram4",
-                "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": "eval-vllm-seqs2048-graphs2048-v2"}
+                "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": "eval-vllm-seqs2048-graphs2048-v2",
+                "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only":
+                    "eval-vllm-seqs2048-graphs2048-v2-decode-graphs"}
     fast = {"fast": "openrlhf-fast", "fast_micro_batch_16": "openrlhf-fast16",
             "fast_micro_batch_16_liger": "openrlhf-liger16", "fast_micro_batch_16_liger_zero_stage_0":
             "openrlhf-liger16-zero0", "fast_micro_batch_32_liger": "openrlhf-liger32",
