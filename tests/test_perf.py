@@ -383,7 +383,8 @@ def test_several_leases_read_as_one(tmp_path):
     assert collect([first, later])["device"] == "NVIDIA H100 80GB HBM3"  # from a variant's summary
 
 
-@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench-h100/lease17", "results/gpu/bench-h100/lease16", "results/gpu/bench"], "results/gpu/perf-h100.json"),
+@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench-h100/lease17", "results/gpu/bench-h100/lease16",
+                                                "results/gpu/bench"], "results/gpu/perf-h100.json"),
                                              ([f"results/gpu/bench-h200/lease{n}"
                                                for n in ("11", "14", "13", "12", "9c", "10", "15b", "15a")],
                                               "results/gpu/perf.json")])
@@ -461,8 +462,8 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                                  'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "engine-seed vllm vllm-variants speculative runner-v2 decode-graphs openrlhf "
-           "trained-logits repeat",
+           "RUNS": str(tmp_path / "runs"),
+           "STAGES": "engine-seed vllm vllm-variants speculative runner-v2 decode-graphs openrlhf trained-logits repeat",
            "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
@@ -487,7 +488,8 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     # the flags, each in one cache of its own
     for suffix, flag in (("ngram4", ["--speculative-ngram", "4"]), ("v2", ["--model-runner", "v2"]),
                          ("v2-decode-graphs", ["--model-runner", "v2", "--cudagraph-mode", "FULL_DECODE_ONLY"])):
-        for stage in ("upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048", "eval-vllm-seqs2048-graphs2048"):
+        for stage in ("upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
+                      "eval-vllm-seqs2048-graphs2048"):
             variant, base = runs[f"{stage}-{suffix}"], runs[stage]
             assert variant[0] == str(tmp_path / "runs" / f"vllm-cache-{suffix}")
             assert " ".join(variant).count(" ".join(flag)) == 1

@@ -81,7 +81,8 @@ class Decoding:
         if (self.speculative_ngram or 0) > MAX_SPECULATIVE:  # else vLLM fails an assert after its engine start
             raise UserError(f"{where}speculative_ngram must be at most {MAX_SPECULATIVE}, got {self.speculative_ngram}")
         if self.speculative_ngram and self.model_runner == "v2":  # else vLLM refuses it after a worker has started
-            raise UserError(f"{where}speculative_ngram needs model_runner v1: vLLM 0.24's v2 runner has no n-gram speculation")
+            raise UserError(f"{where}speculative_ngram needs model_runner v1: "
+                            "vLLM 0.24's v2 runner has no n-gram speculation")
         if self.temperature < 0 or not 0 < self.gpu_memory_utilization <= 1:
             raise UserError(f"{where}temperature must be >= 0 and gpu_memory_utilization in (0, 1]")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -124,7 +124,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
         # the trained-logits group's UPFT and full draws: the vllm group's commands in a compile cache of
         # their own, timed the same way; every folder's pair, not only the first (how much the ratio varies)
         "upft_over_full_trainer_sets": {
-            f.name: {"upft_s": u["s"], "full_s": g["s"], "upft_over_full": _ratio(f / "upft-vllm-sft", f / "full-vllm-sft"),
+            f.name: {"upft_s": u["s"], "full_s": g["s"],
+                     "upft_over_full": _ratio(f / "upft-vllm-sft", f / "full-vllm-sft"),
                      "finished": [u["finished"], g["finished"]]}
             for f in folders if _first([f], "upft-vllm-sft", "full-vllm-sft")
             for u, g in [(_sample(f, "upft-vllm-sft"), _sample(f, "full-vllm-sft"))]},
