@@ -210,12 +210,13 @@ def _bench_sh(tmp_path: Path, stages: str | None, fail: str = "@"):
 
 @pytest.mark.parametrize("fail", ["openrlhf-trained16", "openrlhf-trained32", "openrlhf-profile", "openrlhf-1",
                                   "openrlhf-causal16", "openrlhf-2"])
-def test_bench_goes_on_after_a_failed_trained_logits_run_only(tmp_path, fail):
+def test_bench_goes_on_after_a_failed_trained_logits_or_causal16_run_only(tmp_path, fail):
     """A trained-logits run that fails (new code, or out of memory at micro-batch 32) is logged and the
-    openrlhf group goes on; any other run that fails stops the group with its exit status."""
+    openrlhf group goes on, as does causal16 (out of memory on an 80 GB card); any other run that fails
+    stops the group with its exit status."""
     done = _bench_sh(tmp_path, "openrlhf", fail)
     ran = [Path(line).name for line in (tmp_path / "log").read_text().splitlines()]
-    if "trained" in fail or "profile" in fail:
+    if "trained" in fail or "profile" in fail or "causal16" in fail:
         assert done.returncode == 0 and ran == OPENRLHF and f"## {fail} failed: 3" in done.stdout
     else:
         assert done.returncode == 3 and ran == OPENRLHF[:OPENRLHF.index(fail) + 1]
@@ -383,7 +384,8 @@ def test_several_leases_read_as_one(tmp_path):
     assert collect([first, later])["device"] == "NVIDIA H100 80GB HBM3"  # from a variant's summary
 
 
-@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench-h100/lease17", "results/gpu/bench-h100/lease16",
+@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench-h100/lease18", "results/gpu/bench-h100/lease17",
+                                                "results/gpu/bench-h100/lease16",
                                                 "results/gpu/bench"], "results/gpu/perf-h100.json"),
                                              ([f"results/gpu/bench-h200/lease{n}"
                                                for n in ("11", "14", "13", "12", "9c", "10", "15b", "15a")],
