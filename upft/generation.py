@@ -130,7 +130,7 @@ class TransformersBackend:
                  continuous_batching: bool = False):
         from upft.models import load_model
 
-        self.model = load_model(model_path, device, dtype).eval()
+        self.model = load_model(model_path, device, dtype, grouped_decoding=not continuous_batching).eval()
         self.tokenizer = tokenizer
         self.stop_ids = sorted(set(stop_ids))
         self.batch_size = batch_size

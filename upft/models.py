@@ -227,13 +227,19 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def load_model(path: str, device: str = "auto", dtype: str = "auto"):
-    """Load a causal LM for generation or training (bf16 on GPU, fp32 on CPU by default)."""
+def load_model(path: str, device: str = "auto", dtype: str = "auto", grouped_decoding: bool = True):
+    """Load a causal LM for generation or training (bf16 on GPU, fp32 on CPU by default) with sdpa
+    attention whose decoding steps read each key/value head once (``upft.attention``; the same
+    attention, up to float rounding). ``grouped_decoding=False`` keeps transformers' own sdpa, which
+    its continuous batching wraps in its paged attention."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from upft.attention import GROUPED_SDPA
 
     device = pick_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                 attn_implementation=GROUPED_SDPA if grouped_decoding else "sdpa")
     return model.to(device)

@@ -1,6 +1,8 @@
 """Where the transformers backend's decoding time goes: the wall time of one decoding step of
 ``generate``, by batch size, with the dynamic KV cache (no compile) and with the static cache that
-our backend compiles for long decodes (``upft.generation.generation_config``).
+our backend compiles for long decodes (``upft.generation.generation_config``), with the backend's
+grouped decoding steps (``upft.attention``) and with transformers' own sdpa attention, which copies
+each key/value head for its query heads in every step.
 
 If a step of 200 rows costs about what a step of 1319 rows costs, decoding is bound by a per-step
 cost (Python, kernel launches, a sync) and not by the GPU's work, and UPFT's few full-length draws
@@ -86,18 +88,23 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[200, 1319])
     ap.add_argument("--steps", type=int, default=96)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--attention", nargs="+", choices=["grouped", "sdpa"], default=["grouped", "sdpa"],
+                    help="upft.attention's grouped decoding steps (the backend's), transformers' own sdpa, or both")
     a = ap.parse_args(argv)
     path = resolve_model(a.model)
-    tok, model = load_tokenizer(path), load_model(path, "cuda", "auto").eval()
+    tok = load_tokenizer(path)
     questions = load_benchmark("gsm8k", a.data)
     prompts = sorted((render(tok, messages(q.text, "boxed"))[1] for q in questions), key=len, reverse=True)
-    results = []
-    for compile_decode in ("never", "always"):
-        for rows in a.rows:
-            stop = [end_of_turn_id(tok)]
-            results.append(run(model, prompts[:rows], compile_decode, a.steps, stop, tok.pad_token_id))
-            print(results[-1], flush=True)
-            results[-1]["profile"] = profile(model, prompts[:rows], compile_decode, stop, tok.pad_token_id)
+    results, stop = [], [end_of_turn_id(tok)]
+    for attention in a.attention:
+        model = load_model(path, "cuda", "auto", grouped_decoding=attention == "grouped").eval()
+        for compile_decode in ("never", "always"):
+            for rows in a.rows:
+                results.append({"attention": attention,
+                                **run(model, prompts[:rows], compile_decode, a.steps, stop, tok.pad_token_id)})
+                print(results[-1], flush=True)
+                results[-1]["profile"] = profile(model, prompts[:rows], compile_decode, stop, tok.pad_token_id)
+        del model
     write_json(a.out, {"environment": environment(), "model": a.model, "results": results})
 
 
