@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import upft.attention as attention
 from upft.generation import decode, generation_config
@@ -12,27 +12,45 @@ from upft.models import end_of_turn_id, load_model
 from upft.prompts import messages, render
 
 
-def test_a_grouped_step_is_sdpa_over_copied_heads():
-    """One query position, 12 heads over 2 key/value heads, a padding mask: the same output as
-    transformers' way (each key/value head copied for its 6 query heads), laid out as its path returns."""
+def _step(mask_kind: str):
+    """One decoding step's inputs as a layer passes them: 12 query heads over 2 key/value heads, the
+    query transposed from (batch, 1, heads, dim), two of three rows left-padded."""
     torch.manual_seed(0)
     module = torch.nn.Module()
-    module.num_key_value_groups = 6
-    query, key, value = torch.randn(3, 12, 1, 16), torch.randn(3, 2, 9, 16), torch.randn(3, 2, 9, 16)
-    mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
-    mask[0, ..., :4] = False  # left padding of two rows
-    mask[2, ..., :1] = False
-    got, _ = attention.grouped_sdpa_forward(module, query, key, value, mask, scaling=0.25)
-    want = torch.nn.functional.scaled_dot_product_attention(query, repeat_kv(key, 6), repeat_kv(value, 6),
-                                                            attn_mask=mask, scale=0.25).transpose(1, 2)
-    assert got.shape == (3, 1, 12, 16)
+    module.num_key_value_groups, module.is_causal = 6, True
+    query = torch.randn(3, 1, 12, 16).transpose(1, 2)
+    key, value = torch.randn(3, 2, 9, 16), torch.randn(3, 2, 9, 16)
+    keep = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    keep[0, ..., :4] = False
+    keep[2, ..., :1] = False
+    mask = {"bool": keep, "float": torch.zeros(3, 1, 1, 9).masked_fill(~keep, torch.finfo(torch.float32).min),
+            "none": None}[mask_kind]
+    return module, query, key, value, mask
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
+def test_a_grouped_step_is_transformers_sdpa(mask_kind):
+    """The same output as transformers' own sdpa path (which copies each key/value head for its 6 query
+    heads under a mask), in its layout (batch, 1, heads, dim), with a boolean, an additive or no mask."""
+    args = _step(mask_kind)
+    got, _ = attention.grouped_sdpa_forward(*args, scaling=0.25)
+    want, _ = sdpa_attention_forward(*args, scaling=0.25)
+    assert got.shape == want.shape == (3, 1, 12, 16)
     torch.testing.assert_close(got, want)
+
+
+def test_a_grouped_step_compiles_to_one_graph():
+    """The GPU backend compiles long decodes: the folded step must trace as one graph, to the same output."""
+    args = _step("bool")
+    compiled = torch.compile(attention.grouped_sdpa_forward, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args, scaling=0.25)[0], attention.grouped_sdpa_forward(*args, scaling=0.25)[0])
 
 
 @pytest.mark.parametrize("static", [False, True])
 def test_the_real_model_decodes_as_with_sdpa_and_folds_every_step(model_path, tok, monkeypatch, static):
     """SmolLM2 (9 query heads over 3 key/value heads) through the backend's ``decode``: a left-padded
-    batch, greedy, with the dynamic cache and the static one the GPU backend compiles. The same tokens as
+    batch, greedy, with the dynamic cache and the static one the GPU backend compiles (uncompiled on the
+    CPU; the compile is the test above). The same tokens as
     transformers' sdpa, and only the prefill (one call per layer) takes transformers' path: each of the
     other steps folds."""
     plain = load_model(model_path, "cpu", grouped_decoding=False).eval()

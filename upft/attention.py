@@ -30,15 +30,15 @@ def grouped_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
     """transformers' ``sdpa_attention_forward``, but a decoding step of a grouped-query layer folds each
     group's query heads onto its key/value head (query head h reads key/value head h // groups, as
     ``repeat_kv`` orders them). Returns ``(batch, 1, heads, dim)`` as transformers' path does."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if query.shape[2] != 1 or groups == 1 or kwargs.get("position_bias") is not None:
+    batch, heads, positions, dim = query.shape
+    groups = heads // key.shape[1]
+    if positions != 1 or groups == 1 or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    batch, heads, _, dim = query.shape
     out = torch.nn.functional.scaled_dot_product_attention(
         query.view(batch, heads // groups, groups, dim), key, value, attn_mask=attention_mask,
         dropout_p=dropout, scale=scaling, is_causal=False)  # the mask (batch, 1, 1, length) spans the groups
-    return out.reshape(batch, 1, heads, dim), None
+    return out.reshape(batch, 1, heads, value.shape[-1]), None
 
 
 AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_forward)

@@ -18,6 +18,7 @@ step's time goes.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -104,7 +105,10 @@ def main(argv: list[str] | None) -> None:
                                 **run(model, prompts[:rows], compile_decode, a.steps, stop, tok.pad_token_id)})
                 print(results[-1], flush=True)
                 results[-1]["profile"] = profile(model, prompts[:rows], compile_decode, stop, tok.pad_token_id)
-        del model
+        del model  # and its compiled graphs and their memory, before the next model loads
+        gc.collect()
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
     write_json(a.out, {"environment": environment(), "model": a.model, "results": results})
 
 
