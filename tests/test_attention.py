@@ -50,9 +50,8 @@ def test_a_grouped_step_compiles_to_one_graph():
 def test_the_real_model_decodes_as_with_sdpa_and_folds_every_step(model_path, tok, monkeypatch, static):
     """SmolLM2 (9 query heads over 3 key/value heads) through the backend's ``decode``: a left-padded
     batch, greedy, with the dynamic cache and the static one the GPU backend compiles (uncompiled on the
-    CPU; the compile is the test above). The same tokens as
-    transformers' sdpa, and only the prefill (one call per layer) takes transformers' path: each of the
-    other steps folds."""
+    CPU; the compile is the test above). The same tokens as transformers' sdpa, and only the prefill (one
+    call per layer) takes transformers' path: each of the other steps folds."""
     plain = load_model(model_path, "cpu", grouped_decoding=False).eval()
     grouped = load_model(model_path, "cpu").eval()
     assert grouped.config._attn_implementation == attention.GROUPED_SDPA
