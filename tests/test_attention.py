@@ -7,6 +7,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import upft.attention as attention
+from upft.backends import make_backend
 from upft.generation import decode, generation_config
 from upft.models import end_of_turn_id, load_model
 from upft.prompts import messages, render
@@ -70,3 +71,14 @@ def test_the_real_model_decodes_as_with_sdpa_and_folds_every_step(model_path, to
     want, got = decode(plain, prompts, config), decode(grouped, prompts, config)
     assert got == want and len(want[1][0]) == 12  # the longer answer ran every step
     assert fallbacks == [max(map(len, prompts))] * grouped.config.num_hidden_layers  # the prefill's alone
+
+
+@pytest.mark.parametrize("options, implementation", [
+    ({}, attention.GROUPED_SDPA),
+    ({"attention": "sdpa"}, "sdpa"),  # transformers' own, as runs before the grouped steps decoded
+    ({"continuous_batching": True}, "sdpa"),  # transformers' paged manager knows only its own names
+])
+def test_the_backend_loads_the_attention_asked_for(model_path, tok, options, implementation):
+    """``--attention`` picks the decoding steps' attention through make_backend, as the CLIs pass it."""
+    gen = make_backend("transformers", model_path, tok, [end_of_turn_id(tok)], device="cpu", **options)
+    assert gen.model.config._attn_implementation == implementation

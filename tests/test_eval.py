@@ -165,7 +165,8 @@ def test_cli_all_benchmarks_with_a_real_judge_and_table(tmp_path, model_path):
     man = json.loads((tmp_path / "eval" / "manifest.json").read_text())
     assert man["backend_start_s"] > 0  # how it ran travels with the results, apart from what it measured:
     opts = man["backend_options"]
-    assert (opts["compile_decode"], opts["max_num_seqs"], opts["continuous_batching"]) == ("auto", None, False)
+    assert (opts["compile_decode"], opts["attention"], opts["max_num_seqs"], opts["continuous_batching"]) == \
+        ("auto", "grouped", None, False)
 
     r = run_cli("eval/make_table.py", out, "--benchmarks", "gsm8k,aime24")
     assert r.returncode == 0, r.stderr

@@ -28,7 +28,8 @@ def _bench(root: Path) -> None:
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
-                        ("eval-transformers-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
+                        ("eval-transformers-eager", 5.0), ("eval-transformers-sdpa-cold", 30.0),
+                        ("eval-transformers-sdpa-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
                         ("eval-transformers-cb", 5.0), ("eval-vllm-seqs512", 150.0), ("eval-vllm-graphs1024", 150.0),
                         ("eval-vllm-seqs2048-graphs2048", 150.0), ("eval-vllm-seqs2048-graphs2048-ngram4", 150.0),
                         ("eval-vllm-seqs2048-graphs2048-v2", 150.0),
@@ -70,7 +71,8 @@ def test_perf_json_from_bench_runs(tmp_path):
                                                               "finished": "2026-11-28T04:25:00"}
     split = p["eval_variants"]["vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048"]
     assert (split["generate_s"], split["grade_s"]) == (18.12, 0.46)
-    assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_2048",
+    assert set(p["eval_variants"]) == {"transformers_gsm8k_eager", "transformers_gsm8k_sdpa",
+                                       "transformers_gsm8k_sdpa_eager", "vllm_gsm8k_max_num_seqs_2048",
                                        "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048",
                                        "transformers_gsm8k_continuous",
@@ -143,7 +145,8 @@ def test_partial_bench_lists_what_is_missing(tmp_path):
         (tmp_path / name / "manifest.json").unlink()
     p = collect([tmp_path])
     assert p["missing"] == gone and list(p["eval_variants"]) == [
-        "transformers_gsm8k_eager", "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
+        "transformers_gsm8k_eager", "transformers_gsm8k_sdpa", "transformers_gsm8k_sdpa_eager",
+        "vllm_gsm8k_max_num_seqs_512", "vllm_gsm8k_cudagraphs_1024",
         "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048", "transformers_gsm8k_continuous",
         "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_speculative_ngram_4",
         "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2",
@@ -243,6 +246,7 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
     ("openrlhf transformers", [*OPENRLHF, "upft-transformers", "full-transformers", "eval-transformers-cold"]),
     ("continuous", ["upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb"]),
     ("variants", ["upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager"]),
+    ("sdpa", ["eval-transformers-sdpa-cold", "eval-transformers-sdpa-eager"]),
     ("vllm-variants", VLLM_VARIANTS),
     ("speculative", SPECULATIVE),
     ("runner-v2", RUNNER_V2),
@@ -255,7 +259,7 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
             "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *RUNNER_V2, *DECODE_GRAPHS, *OPENRLHF,
             *TRAINED_LOGITS,
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
-            "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
+            "eval-transformers-sdpa-cold", "eval-transformers-sdpa-eager", "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
             *REPEATS]),
 ])
 def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
@@ -263,6 +267,35 @@ def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     OpenRLHF runs first draw the full samples their training set is built from)."""
     assert _bench_sh(tmp_path, stages).returncode == 0
     assert [Path(x).name for x in (tmp_path / "log").read_text().split()] == expected
+
+
+def test_the_sdpa_group_is_the_transformers_evaluations_with_transformers_attention(tmp_path):
+    """The control of the grouped decoding steps: the transformers group's cold evaluation and variants'
+    eager one, each the same command with --attention sdpa, the cold one in an empty compile cache of
+    its own (else it would find the transformers group's graphs and not be cold)."""
+    import os
+    import subprocess
+
+    bin_, log = tmp_path / "bin", tmp_path / "log"
+    bin_.mkdir()
+    (bin_ / "python").write_text(f'#!/bin/sh\necho "${{TORCHINDUCTOR_CACHE_DIR:-none}} $*" >> {log}\n{FINISH}\n'
+                                 'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
+    (bin_ / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
+           "RUNS": str(tmp_path / "runs"), "STAGES": "transformers variants sdpa"}
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    runs = {Path(w[w.index("--out") + 1]).name: w for w in map(str.split, log.read_text().splitlines()) if "--out" in w}
+    for control, grouped in (("eval-transformers-sdpa-cold", "eval-transformers-cold"),
+                             ("eval-transformers-sdpa-eager", "eval-transformers-eager")):
+        flags = runs[control][1:]
+        assert " ".join(flags).count("--attention sdpa") == 1 and "--attention" not in runs[grouped]
+        assert [w for w in flags if w not in ("--attention", "sdpa") and not w.endswith(control)] == \
+            [w for w in runs[grouped][1:] if not w.endswith(grouped)]
+    caches = [runs[name][0] for name in ("eval-transformers-sdpa-cold", "eval-transformers-cold")]
+    assert caches == [str(tmp_path / "runs" / "inductor-sdpa"), str(tmp_path / "runs" / "inductor-cold")]
 
 
 def test_the_repeat_group_needs_the_runs_it_repeats(tmp_path):

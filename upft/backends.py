@@ -65,6 +65,13 @@ class Decoding:
         "choices": ("auto", "always", "never"),
         "help": "transformers on a GPU: a static KV cache and a compiled decoding step (auto: for decodes "
                 "of at least 256 tokens); compiling costs tens of seconds per batch shape"})
+    attention: str = field(default="grouped", metadata={
+        "choices": ("grouped", "sdpa"),
+        "help": "transformers only: the decoding steps' attention in grouped-query models. grouped "
+                "(upft.attention) reads each key/value head once; sdpa, transformers' own, copies it for each of "
+                "its query heads in every step (compiled steps 3-5 times slower on an H100), as every run before "
+                "commit 07eb69b did. The same attention up to bf16 rounding, so some greedy answers differ between "
+                "them; --continuous-batching always runs transformers' paged sdpa"})
     continuous_batching: bool = field(default=False, metadata={
         "help": "transformers only: one continuous batch (transformers' paged-attention manager) that drops "
                 "finished rows and lets waiting ones in, each with its own max_new_tokens; a sampled draw then "
@@ -104,7 +111,7 @@ def check_decoding(args) -> None:
 
 BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
                    "max_num_seqs", "max_cudagraph_size", "cudagraph_mode", "speculative_ngram", "model_runner",
-                   "compile_decode", "continuous_batching")
+                   "compile_decode", "attention", "continuous_batching")
 DRAW_OPTIONS = ("speculative_ngram", "model_runner")  # the vLLM options that change what a seeded draw is
 
 

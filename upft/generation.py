@@ -123,14 +123,18 @@ class TransformersBackend:
     one takes its place, so UPFT's prefixes (L tokens) and its full draws share one pass and no batch
     waits for its longest row. Results come in the order rows finish; the group shares one seed, so a
     sampled draw depends on the other requests of its group (a rerun over the same ones reproduces it).
+
+    ``attention`` "grouped" loads the model with ``upft.attention``'s decoding steps, "sdpa" with
+    transformers' own: the same attention, rounded differently in bf16 (``Decoding.attention``).
     """
 
     def __init__(self, model_path: str, tokenizer, stop_ids: list[int], device: str = "auto",
                  dtype: str = "auto", batch_size: int = 32, compile_decode: str = "auto",
-                 continuous_batching: bool = False):
+                 attention: str = "grouped", continuous_batching: bool = False):
         from upft.models import load_model
 
-        self.model = load_model(model_path, device, dtype, grouped_decoding=not continuous_batching).eval()
+        grouped = attention == "grouped" and not continuous_batching  # the paged manager needs a name it knows
+        self.model = load_model(model_path, device, dtype, grouped_decoding=grouped).eval()
         self.tokenizer = tokenizer
         self.stop_ids = sorted(set(stop_ids))
         self.batch_size = batch_size

@@ -36,6 +36,8 @@
 #                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3
 #                   on the UPFT set
 #   variants        transformers without compiling (--compile-decode never)
+#   sdpa            the transformers group's GSM8K eval from a cold start, and variants' eval, with
+#                   transformers' own attention (--attention sdpa): the control of the grouped steps
 #   continuous      transformers' continuous batching (--continuous-batching)
 #   decode-steps    the wall time of one transformers decoding step by batch size and KV cache
 # OpenRLHF without flash-attn needs tests/gpu/stubs on PYTHONPATH (added below for those runs only).
@@ -43,7 +45,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
 : "${STAGES:=vllm transformers engine-seed vllm-variants speculative runner-v2 decode-graphs openrlhf trained-logits \
-variants continuous decode-steps repeat}"
+variants sdpa continuous decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
@@ -194,6 +196,12 @@ variants() {
   python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --batch-size 2048 --compile-decode never \
     --out "$RUNS/eval-transformers-eager"
 }
+sdpa() {  # the same machine's speed and accuracy without upft.attention's grouped decoding steps
+  TORCHINDUCTOR_CACHE_DIR="$RUNS/inductor-sdpa" python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" \
+    --batch-size 2048 --attention sdpa --out "$RUNS/eval-transformers-sdpa-cold"
+  python eval/run_eval.py --model "$MODEL" "${EVAL[@]}" --batch-size 2048 --compile-decode never --attention sdpa \
+    --out "$RUNS/eval-transformers-sdpa-eager"
+}
 continuous() {  # transformers' continuous batching: rows leave when done, each with its own length
   python sample/generate.py --model "$MODEL" "${Q[@]}" --batch-size 512 --mode upft --L 32 --p 0.1 \
     --continuous-batching --out "$RUNS/upft-transformers-cb"
@@ -209,7 +217,7 @@ decode-steps() {
 }
 
 GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 decode-graphs openrlhf trained-logits \
-variants continuous decode-steps repeat "
+variants sdpa continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done

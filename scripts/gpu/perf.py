@@ -13,6 +13,9 @@ Sampling and evaluation times are the stages' own (decoding and grading), with t
 same stages with a setting that may be faster (``--engine-seed``, ``--compile-decode never``,
 ``--continuous-batching``, ``--max-num-seqs``, ``--max-cudagraph-size``, ``--speculative-ngram``,
 ``--model-runner``, ``--cudagraph-mode``): a default changes only after they win.
+``transformers_gsm8k_sdpa`` and ``transformers_gsm8k_sdpa_eager`` are the transformers evaluation from a
+cold start and without compiling, with transformers' own attention (``--attention sdpa``): the control of
+``upft.attention``'s grouped decoding steps, not a candidate default.
 ``eval_repeats`` are evaluations run once more (bench.sh's repeat group), by the stage they repeat.
 ``transformers_decode_steps`` is scripts/gpu/decode_steps.py's step times, where it ran.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
@@ -75,6 +78,8 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                     "vllm-seqs2048-graphs2048-v2-decode-graphs"}
     evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
+                "transformers_gsm8k_sdpa": "eval-transformers-sdpa-cold",
+                "transformers_gsm8k_sdpa_eager": "eval-transformers-sdpa-eager",
                 "vllm_gsm8k_max_num_seqs_2048": "eval-vllm-seqs2048",
                 "vllm_gsm8k_max_num_seqs_512": "eval-vllm-seqs512",
                 "vllm_gsm8k_cudagraphs_1024": "eval-vllm-graphs1024",
