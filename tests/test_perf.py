@@ -269,25 +269,33 @@ def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     assert [Path(x).name for x in (tmp_path / "log").read_text().split()] == expected
 
 
-def test_the_sdpa_group_is_the_transformers_evaluations_with_transformers_attention(tmp_path):
-    """The control of the grouped decoding steps: the transformers group's cold evaluation and variants'
-    eager one, each the same command with --attention sdpa, the cold one in an empty compile cache of
-    its own (else it would find the transformers group's graphs and not be cold)."""
+def _bench_commands(tmp_path: Path, stages: str, cache: str) -> dict[str, list[str]]:
+    """bench.sh's STAGES with a stand-in python that logs each command it is given: the folder each
+    command writes (its --out) -> the command's words after the value of the environment variable
+    ``cache`` it ran with (the compile cache it would fill or find)."""
     import os
     import subprocess
 
     bin_, log = tmp_path / "bin", tmp_path / "log"
     bin_.mkdir()
-    (bin_ / "python").write_text(f'#!/bin/sh\necho "${{TORCHINDUCTOR_CACHE_DIR:-none}} $*" >> {log}\n{FINISH}\n'
+    (bin_ / "python").write_text(f'#!/bin/sh\necho "${{{cache}:-none}} $*" >> {log}\n{FINISH}\n'
                                  'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"), "STAGES": "transformers variants sdpa"}
+           "RUNS": str(tmp_path / "runs"), "STAGES": stages,
+           "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    runs = {Path(w[w.index("--out") + 1]).name: w for w in map(str.split, log.read_text().splitlines()) if "--out" in w}
+    return {Path(w[w.index("--out") + 1]).name: w for w in map(str.split, log.read_text().splitlines()) if "--out" in w}
+
+
+def test_the_sdpa_group_is_the_transformers_evaluations_with_transformers_attention(tmp_path):
+    """The control of the grouped decoding steps: the transformers group's cold evaluation and variants'
+    eager one, each the same command with --attention sdpa, the cold one in an empty compile cache of
+    its own (else it would find the transformers group's graphs and not be cold)."""
+    runs = _bench_commands(tmp_path, "transformers variants sdpa", "TORCHINDUCTOR_CACHE_DIR")
     for control, grouped in (("eval-transformers-sdpa-cold", "eval-transformers-cold"),
                              ("eval-transformers-sdpa-eager", "eval-transformers-eager")):
         flags = runs[control][1:]
@@ -488,25 +496,8 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     flags and compile cache for vllm-variants' (the same cache its evaluations filled); the OpenRLHF
     runs in theirs (the SFT set drawn in its own cache), Liger's kernels for six of them (passed
     through to OpenRLHF), ZeRO stage 0 for five."""
-    import os
-    import subprocess
-
-    bin_, log = tmp_path / "bin", tmp_path / "log"
-    bin_.mkdir()
-    (bin_ / "python").write_text(f'#!/bin/sh\necho "$VLLM_CACHE_ROOT $*" >> {log}\n{FINISH}\n'
-                                 'while [ $# -gt 0 ]; do [ "$1" = --out ] && finish "$2"; shift; done\n')
-    (bin_ / "python").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs"),
-           "STAGES": "engine-seed vllm vllm-variants speculative runner-v2 decode-graphs openrlhf trained-logits repeat",
-           "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    runs = {}  # the folder each command writes (its --out) -> the command
-    for words in (line.split() for line in log.read_text().splitlines() if "--out" in line):
-        runs[Path(words[words.index("--out") + 1]).name] = words
+    runs = _bench_commands(tmp_path, "engine-seed vllm vllm-variants speculative runner-v2 decode-graphs openrlhf "
+                                     "trained-logits repeat", "VLLM_CACHE_ROOT")
     assert "--engine-seed" in runs["upft-vllm-engine"] and "--engine-seed" in runs["full-vllm-engine"]
     upft = runs["upft-vllm-seqs2048-graphs2048"]
     assert upft[0] == str(tmp_path / "runs" / "vllm-cache-seqs2048-graphs2048")
