@@ -288,7 +288,8 @@ def _bench_commands(tmp_path: Path, stages: str, cache: str) -> dict[str, list[s
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return {Path(w[w.index("--out") + 1]).name: w for w in map(str.split, log.read_text().splitlines()) if "--out" in w}
+    lines = map(str.split, log.read_text().splitlines())
+    return {Path(w[w.index("--out") + 1]).name: w for w in lines if "--out" in w}
 
 
 def test_the_sdpa_group_is_the_transformers_evaluations_with_transformers_attention(tmp_path):

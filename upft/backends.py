@@ -69,8 +69,8 @@ class Decoding:
         "choices": ("grouped", "sdpa"),
         "help": "transformers only: the decoding steps' attention in grouped-query models. grouped "
                 "(upft.attention) reads each key/value head once; sdpa, transformers' own, copies it for each of "
-                "its query heads in every step (compiled steps 3-5 times slower on an H100), as every run before "
-                "commit 07eb69b did. The same attention up to bf16 rounding, so some greedy answers differ between "
+                "its query heads in every step (compiled steps 3-5 times slower on an H100), as upft decoded before "
+                "its grouped steps (GPU figures before lease 19). The same attention up to bf16 rounding, so some greedy answers differ between "
                 "them; --continuous-batching always runs transformers' paged sdpa"})
     continuous_batching: bool = field(default=False, metadata={
         "help": "transformers only: one continuous batch (transformers' paged-attention manager) that drops "
@@ -113,6 +113,8 @@ BACKEND_OPTIONS = ("device", "batch_size", "tensor_parallel_size", "data_paralle
                    "max_num_seqs", "max_cudagraph_size", "cudagraph_mode", "speculative_ngram", "model_runner",
                    "compile_decode", "attention", "continuous_batching")
 DRAW_OPTIONS = ("speculative_ngram", "model_runner")  # the vLLM options that change what a seeded draw is
+# compile_decode and attention change only the bf16 rounding of transformers' decoding (some greedy answers
+# differ): recorded in each manifest's backend_options, kept out of fingerprints like the other options
 
 
 def draw_options(backend: str, options: dict) -> dict:
