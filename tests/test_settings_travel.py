@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import MODEL
+from upft.backends import BACKEND_OPTIONS
 from upft.data import QuestionSource
 from upft.runio import read_json, read_jsonl
 from upft.stages import run_prep, run_sample
@@ -20,6 +21,9 @@ def test_prep_takes_L_from_sampling_and_refuses_a_longer_one(tmp_path, model_pat
     samples = tmp_path / "samples"
     run_sample(MODEL, QuestionSource(TRAIN_Q, answer_field="answer", limit=3), str(samples), L=4, p=0.0,
                max_new_tokens=8, batch_size=8)
+    used = read_json(samples / "manifest.json")["backend_options"]  # a config names some options; all are kept
+    assert (used["batch_size"], used["attention"], used["compile_decode"], used["continuous_batching"]) == \
+        (8, "grouped", "auto", False) and set(used) == set(BACKEND_OPTIONS)
     with pytest.raises(UserError, match="L=8 is longer than the 4 tokens sampled per prefix"):
         run_prep(str(samples), str(tmp_path / "prep8"), L=8)
     assert not (tmp_path / "prep8").exists()

@@ -8,7 +8,7 @@ Kept apart from ``upft.generation`` (the request type and the transformers backe
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from upft.generation import TransformersBackend
 from upft.errors import UserError
@@ -69,9 +69,10 @@ class Decoding:
         "choices": ("grouped", "sdpa"),
         "help": "transformers only: the decoding steps' attention in grouped-query models. grouped "
                 "(upft.attention) reads each key/value head once; sdpa, transformers' own, copies it for each of "
-                "its query heads in every step (compiled steps 3-5 times slower on an H100), as upft decoded before "
-                "its grouped steps (GPU figures before lease 19). The same attention up to bf16 rounding, so some greedy answers differ between "
-                "them; --continuous-batching always runs transformers' paged sdpa"})
+                "its query heads in every step (compiled steps 3-5 times slower on an H100), as upft decoded "
+                "before its grouped steps (GPU figures before lease 19). The same attention up to bf16 rounding, "
+                "so some greedy answers differ between them; --continuous-batching always runs transformers' "
+                "paged sdpa"})
     continuous_batching: bool = field(default=False, metadata={
         "help": "transformers only: one continuous batch (transformers' paged-attention manager) that drops "
                 "finished rows and lets waiting ones in, each with its own max_new_tokens; a sampled draw then "
@@ -124,6 +125,14 @@ def draw_options(backend: str, options: dict) -> dict:
     pool's name: a run with one never passes for one without. Left out when unset, so runs from before
     the options keep their fingerprints."""
     return {k: options[k] for k in DRAW_OPTIONS if options.get(k) and backend == "vllm"}
+
+
+def used_options(options: dict) -> dict:
+    """Every backend option as a run used it: those given, the rest at ``Decoding``'s defaults. A
+    manifest lists them all, so it still says how a run decoded after a default changes (attention
+    did) and whatever set the options (the CLI passes all, a config only those it names)."""
+    defaults = {f.name: f.default for f in fields(Decoding) if f.name in BACKEND_OPTIONS}
+    return defaults | options
 
 
 def backend_options(args) -> dict:

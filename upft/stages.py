@@ -16,7 +16,7 @@ from pathlib import Path
 from upft import builders
 from upft.data import BENCHMARKS, QuestionSource, load_benchmark
 from upft.evaluate import EvalSettings, check_golds, evaluate
-from upft.backends import make_backend, draw_options
+from upft.backends import draw_options, make_backend, used_options
 from upft.grading import Grader, unparsable_golds
 from upft.judge import Judge
 from upft.models import end_of_turn_id, load_tokenizer, resolve_model, sampling_defaults
@@ -115,7 +115,7 @@ def run_sample(model: str, questions: QuestionSource, out: str, *, mode: str = "
                      seed=seed, style=style)
     write_manifest(outdir, "sample", settings, n_records=len(records), wall_s=prior_s + time.time() - t0,
                    backend_start_s=start_s, sampling_tokens=sum(r["n_tokens"] for r in records),
-                   backend_options=backend_options)  # how it ran (batch size, compile...), not what it drew
+                   backend_options=used_options(backend_options))  # how it ran (batch size...), not what it drew
     return outdir
 
 
@@ -243,5 +243,5 @@ def run_eval(model: str, out: str, benchmarks: list[str], settings: EvalSettings
         judge_tok = load_tokenizer(judge_path)
         grader = Judge(judge, judge_tok, _backend(backend, judge_path, judge_tok, **backend_options))
     summary = evaluate(label or model, benchmarks, tok, gen, out, settings, data_dir, grader)
-    write_manifest(outdir, "eval", fp, backend_start_s=start_s, backend_options=backend_options)
+    write_manifest(outdir, "eval", fp, backend_start_s=start_s, backend_options=used_options(backend_options))
     return summary
