@@ -128,9 +128,10 @@ def draw_options(backend: str, options: dict) -> dict:
 
 
 def used_options(options: dict) -> dict:
-    """Every backend option as a run used it: those given, the rest at ``Decoding``'s defaults. A
-    manifest lists them all, so it still says how a run decoded after a default changes (attention
-    did) and whatever set the options (the CLI passes all, a config only those it names)."""
+    """Every backend option of a run: those given, the rest at ``Decoding``'s defaults (each backend
+    reads its own: vLLM none of transformers', continuous batching not ``attention``). A manifest lists
+    them all, so it still says how a run decoded after a default changes (attention's did), whatever
+    set the options (the CLI passes all, a config only those it names)."""
     defaults = {f.name: f.default for f in fields(Decoding) if f.name in BACKEND_OPTIONS}
     return defaults | options
 
