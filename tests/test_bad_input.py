@@ -89,6 +89,7 @@ def test_yaml_numbers_in_any_notation_are_numbers(tmp_path):
     ("sample: {top_p: 1.5}\n", r"sample.top_p must be in \(0, 1\], got 1.5"),
     ("sample: {cudagraph_mode: full_decode_only}\n", "sample.cudagraph_mode must be one of FULL_AND_PIECEWISE, "
      "FULL_DECODE_ONLY, FULL, PIECEWISE, NONE, got 'full_decode_only'"),
+    ("eval: {benchmarks: [gsm8k], attention: flash}\n", "eval.attention must be one of grouped, sdpa, got 'flash'"),
     ("eval: {benchmarks: [gsm8k], tensor_parallel_size: 0}\n", "eval.tensor_parallel_size must be at least 1"),
     ("eval: {benchmarks: []}\n", "eval.benchmarks is empty"),
 ])
