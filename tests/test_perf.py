@@ -190,9 +190,10 @@ REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
 FINISH = 'finish() { case "$1" in *.json) ;; *) mkdir -p "$1" && : > "$1/manifest.json" ;; esac; }'
 
 
-def _bench_sh(tmp_path: Path, stages: str | None, fail: str = "@"):
+def _bench_sh(tmp_path: Path, stages: str | None, fail: str = "@", **extra: str):
     """bench.sh with stand-ins for the GPU programs, each logging the folder it would write (the value
-    after --out) to tmp_path/log and leaving a manifest there; the one named FAIL exits 3 instead."""
+    after --out) to tmp_path/log and leaving a manifest there; the one named FAIL exits 3 instead.
+    ``extra``: more of bench.sh's environment."""
     import os
     import subprocess
 
@@ -203,7 +204,7 @@ def _bench_sh(tmp_path: Path, stages: str | None, fail: str = "@"):
                                  f'&& case "$2" in */{fail}) exit 3;; esac && finish "$2"; shift; done\nexit 0\n')
         (bin_ / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
-           "RUNS": str(tmp_path / "runs")}
+           "RUNS": str(tmp_path / "runs"), **extra}
     if stages:
         env["STAGES"] = stages
     repo = Path(__file__).resolve().parents[1]
@@ -223,6 +224,26 @@ def test_bench_goes_on_after_a_failed_trained_logits_or_causal16_run_only(tmp_pa
         assert done.returncode == 0 and ran == OPENRLHF and f"## {fail} failed: 3" in done.stdout
     else:
         assert done.returncode == 3 and ran == OPENRLHF[:OPENRLHF.index(fail) + 1]
+
+
+def test_the_sft_set_can_come_from_an_earlier_groups_full_draw(tmp_path):
+    """SFT_DRAW: the openrlhf group builds its set from that finished draw and draws none of its own
+    (runner-v2's full draw, in a lease too short for another engine start); a draw that has not
+    finished stops the group before any training, with one line."""
+    v2 = "full-vllm-seqs2048-graphs2048-v2"
+    done = _bench_sh(tmp_path, "runner-v2 openrlhf", SFT_DRAW=v2)
+    ran = [Path(line).name for line in (tmp_path / "log").read_text().splitlines()]
+    assert done.returncode == 0 and "full-vllm-sft" not in ran and ran.index(v2) < ran.index("prep-sft")
+    assert ran[ran.index("prep-sft"):] == OPENRLHF[1:]
+    (tmp_path / "commands").mkdir(), (tmp_path / "early").mkdir()
+    runs = _bench_commands(tmp_path / "commands", "runner-v2 openrlhf", "VLLM_CACHE_ROOT", SFT_DRAW=v2)
+    prep = runs["prep-sft"]
+    assert prep[prep.index("--samples") + 1] == str(tmp_path / "commands" / "runs" / v2) and "sft" in prep
+
+    done = _bench_sh(tmp_path / "early", "openrlhf", SFT_DRAW=v2)
+    assert done.returncode == 2 and not (tmp_path / "early" / "log").exists()
+    assert done.stderr.strip().splitlines()[-1] == f"error: SFT_DRAW={v2} has not finished in " \
+        f"{tmp_path / 'early' / 'runs'} (run the group that draws it first)"
 
 
 @pytest.mark.parametrize("fail", ["openrlhf-zero3-trained", "openrlhf-upft-trained16", "openrlhf-trained16-repeat",
@@ -269,10 +290,11 @@ def test_bench_runs_the_stages_asked_for(tmp_path, stages, expected):
     assert [Path(x).name for x in (tmp_path / "log").read_text().split()] == expected
 
 
-def _bench_commands(tmp_path: Path, stages: str, cache: str) -> dict[str, list[str]]:
+def _bench_commands(tmp_path: Path, stages: str, cache: str, **extra: str) -> dict[str, list[str]]:
     """bench.sh's STAGES with a stand-in python that logs each command it is given: the folder each
     command writes (its --out) -> the command's words after the value of the environment variable
-    ``cache`` it ran with (the compile cache it would fill or find)."""
+    ``cache`` it ran with (the compile cache it would fill or find). ``extra``: more of bench.sh's
+    environment."""
     import os
     import subprocess
 
@@ -283,7 +305,7 @@ def _bench_commands(tmp_path: Path, stages: str, cache: str) -> dict[str, list[s
     (bin_ / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "MODEL": "m.gguf", "DATA": "d",
            "RUNS": str(tmp_path / "runs"), "STAGES": stages,
-           "VIRTUAL_ENV": "set"}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
+           "VIRTUAL_ENV": "set", **extra}  # train_sft.sh then leaves a checkout's .venv alone: the stand-in runs
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(["/bin/bash", str(repo / "scripts" / "gpu" / "bench.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True)

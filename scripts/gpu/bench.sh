@@ -30,7 +30,8 @@
 #                   in micro-batches of 32, and profiled; a second plain one (it must load DeepSpeed's
 #                   ops, not build them); the fast one with micro-batches of 16, with Liger's kernels,
 #                   with them and ZeRO stage 0, and of 8; it first draws the full vLLM samples its set
-#                   is built from (full-vllm-sft, untimed)
+#                   is built from (full-vllm-sft, untimed; SFT_DRAW=FOLDER builds it from a full draw an
+#                   earlier group made instead)
 #   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
 #                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; the
 #                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3
@@ -129,9 +130,16 @@ FAST=(--seed 1 --group-by-length --no-gradient-checkpointing) BEST=(--zero-stage
 LIGER=(-- --ds.use_liger_kernel)
 sft_set() {
   # the SFT set's samples, drawn apart from the vllm group's timed draws and compile cache, so the
-  # two groups can run at once on two GPUs (the same draws: a seed per draw)
-  VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft full
-  python data_prep/build.py --samples "$RUNS/full-vllm-sft" --method sft --out "$RUNS/prep-sft"
+  # two groups can run at once on two GPUs (the same draws: a seed per draw); or SFT_DRAW, a full
+  # draw of the same questions an earlier group of the lease made (say full-vllm-seqs2048-graphs2048-v2,
+  # runner-v2's): no engine start and draw of its own, about 2.5 minutes of an H100 lease
+  local draw=${SFT_DRAW:-full-vllm-sft}
+  if [ -z "${SFT_DRAW:-}" ]; then
+    VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft full
+  elif [ ! -f "$RUNS/$draw/manifest.json" ]; then
+    echo "error: SFT_DRAW=$draw has not finished in $RUNS (run the group that draws it first)" >&2; return 2
+  fi
+  python data_prep/build.py --samples "$RUNS/$draw" --method sft --out "$RUNS/prep-sft"
 }
 openrlhf() {
   sft_set
