@@ -592,3 +592,34 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     prep = " ".join(runs["prep-upft"])  # the UPFT set: the UPFT draw's prefixes of 32 tokens
     assert "--method upft --L 32" in prep and prep.split("--samples ")[1].split()[0].endswith("upft-vllm-sft")
     assert "--L 32 --p 0.1" in " ".join(runs["upft-vllm-sft"]) and runs["upft-vllm-sft"][0] == runs["full-vllm-sft"][0]
+
+
+def test_compile_probe_appends_one_line_per_mode_each_from_its_own_process(tmp_path):
+    """scripts/gpu/compile_probe.py on a CPU (two random layers, 4 rows): every mode asked for decodes
+    its forced tokens in a child process and lands as one JSONL line, appended to what the file held;
+    a mode that fails is a line with its exit status, the next one still runs, and the probe exits 1
+    naming it."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "probe.jsonl"
+    out.write_text('{"mode": "earlier"}\n')
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu" / "compile_probe.py"
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "unused")}
+
+    def probe(rows: int, *modes: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), "--out", str(out), "--device", "cpu", "--rows", str(rows),
+                               "--modes", *modes], capture_output=True, text=True, env=env)
+
+    done = probe(4, "eager", "inductor-warm")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["mode"] for r in lines] == ["earlier", "eager", "inductor-warm"]
+    for r in lines[1:]:
+        assert (r["rows"], r["steps"], r["new_tokens"], r["gpu"]) == (4, 70, 70, "cpu")
+        assert 0 < r["step_ms_median"] < 1000 * r["wall_s"] < 1000 * r["process_s"]
+    done = probe(0, "eager")  # no rows: generate fails in the child
+    failed = json.loads(out.read_text().splitlines()[-1])
+    assert failed["mode"] == "eager" and failed["rc"] != 0 and "steps" not in failed
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 modes failed (eager;")
