@@ -240,6 +240,7 @@ def test_the_sft_set_can_come_from_an_earlier_groups_full_draw(tmp_path):
     prep = runs["prep-sft"]
     assert prep[prep.index("--samples") + 1] == str(tmp_path / "commands" / "runs" / v2) and "sft" in prep
 
+    (tmp_path / "early" / "runs" / v2).mkdir(parents=True)  # begun, no manifest yet
     done = _bench_sh(tmp_path / "early", "openrlhf", SFT_DRAW=v2)
     assert done.returncode == 2 and not (tmp_path / "early" / "log").exists()
     assert done.stderr.strip().splitlines()[-1] == f"error: SFT_DRAW={v2} has not finished in " \
@@ -606,7 +607,7 @@ def test_compile_probe_appends_one_line_per_mode_each_from_its_own_process(tmp_p
     out = tmp_path / "probe.jsonl"
     out.write_text('{"mode": "earlier"}\n')
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu" / "compile_probe.py"
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "unused")}
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the modes' inductor caches, which the probe removes
 
     def probe(rows: int, *modes: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(script), "--out", str(out), "--device", "cpu", "--rows", str(rows),
@@ -623,3 +624,4 @@ def test_compile_probe_appends_one_line_per_mode_each_from_its_own_process(tmp_p
     failed = json.loads(out.read_text().splitlines()[-1])
     assert failed["mode"] == "eager" and failed["rc"] != 0 and "steps" not in failed
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 modes failed (eager;")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.jsonl"]

@@ -30,8 +30,9 @@
 #                   in micro-batches of 32, and profiled; a second plain one (it must load DeepSpeed's
 #                   ops, not build them); the fast one with micro-batches of 16, with Liger's kernels,
 #                   with them and ZeRO stage 0, and of 8; it first draws the full vLLM samples its set
-#                   is built from (full-vllm-sft, untimed; SFT_DRAW=FOLDER builds it from a full draw an
-#                   earlier group made instead)
+#                   is built from (full-vllm-sft, untimed; SFT_DRAW=NAME builds it from RUNS/NAME, a full
+#                   draw an earlier group of the same chain made: another draw than full-vllm-sft's, so
+#                   its losses compare within the lease only)
 #   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
 #                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; the
 #                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3

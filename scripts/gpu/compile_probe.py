@@ -92,6 +92,26 @@ def probe(mode: str, rows: int, device: str) -> dict:
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if gpu else "cpu"}
 
 
+def run(mode: str, args: argparse.Namespace, cache: str) -> bool:
+    """``mode`` in a child process with inductor cache ``cache``; its result appended to ``args.out``.
+    Whether it ran to the end."""
+    cmd = [sys.executable, __file__, "--child", mode, "--rows", str(args.rows), "--device", args.device]
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}, capture_output=True,
+                              text=True, timeout=args.timeout)
+        line = next((w for w in done.stdout.splitlines() if w.startswith("RESULT ")), None)
+        result = json.loads(line[7:]) if line and done.returncode == 0 else \
+            {"rc": done.returncode, "stderr": done.stderr[-1500:]}
+    except subprocess.TimeoutExpired:
+        result = {"timeout_s": args.timeout}
+    result = {"mode": mode, **result, "process_s": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(result), flush=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(result) + "\n")
+    return "steps" in result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="JSONL file each mode's result is appended to")
@@ -107,26 +127,11 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(probe(args.child.removesuffix("-warm"), args.rows, args.device)), flush=True)
         return
-    caches: dict[str, str] = {}
     failed = []
-    for mode in args.modes:
-        base = mode.removesuffix("-warm")
-        cache = args.cache or caches.setdefault(base, tempfile.mkdtemp(prefix=f"inductor-{base}-"))
-        cmd = [sys.executable, __file__, "--child", mode, "--rows", str(args.rows), "--device", args.device]
-        t0 = time.perf_counter()
-        try:
-            done = subprocess.run(cmd, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}, capture_output=True,
-                                  text=True, timeout=args.timeout)
-            line = next((w for w in done.stdout.splitlines() if w.startswith("RESULT ")), None)
-            result = json.loads(line[7:]) if line else {"rc": done.returncode, "stderr": done.stderr[-1500:]}
-        except subprocess.TimeoutExpired:
-            result = {"timeout_s": args.timeout}
-        result = {"mode": mode, **result, "process_s": round(time.perf_counter() - t0, 1)}
-        print(json.dumps(result), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
-        if "steps" not in result:
-            failed.append(mode)
+    with tempfile.TemporaryDirectory(prefix="compile-probe-") as tmp:  # the modes' own caches, removed after
+        for mode in args.modes:  # -warm: its mode's cache, which that mode's run filled
+            if not run(mode, args, args.cache or os.path.join(tmp, mode.removesuffix("-warm"))):
+                failed.append(mode)
     if failed:  # the others' lines stand; a mode's failure is a finding too, but not a clean run
         sys.exit(f"error: {len(failed)} of {len(args.modes)} modes failed ({', '.join(failed)}; see {args.out})")
 
