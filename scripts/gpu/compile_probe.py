@@ -38,7 +38,8 @@ MODES = ("inductor", "inductor-warm", "cudagraphs", "regional-cg", "eager")
 def probe(mode: str, rows: int, device: str) -> dict:
     """One ``generate`` in this process, compiled as ``mode`` says (without ``-warm``)."""
     import torch
-    from transformers import CompileConfig, GenerationConfig, LogitsProcessor, Qwen2Config, Qwen2ForCausalLM
+    from decode_steps import Clock  # beside this script
+    from transformers import CompileConfig, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     from upft.attention import GROUPED_SDPA
 
@@ -54,19 +55,6 @@ def probe(mode: str, rows: int, device: str) -> dict:
     mask = (torch.arange(width)[None] >= (width - lens)[:, None]).long()
     ids = torch.randint(1000, 100000, (rows, width), generator=g) * mask
 
-    def synchronize():
-        if gpu:
-            torch.cuda.synchronize()
-
-    class Clock(LogitsProcessor):  # the time each step's logits arrive
-        def __init__(self):
-            self.stamps: list[float] = []
-
-        def __call__(self, input_ids, scores):
-            synchronize()
-            self.stamps.append(time.perf_counter())
-            return scores
-
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=151645, pad_token_id=0)
     if mode == "eager":
         config = GenerationConfig(**kw, disable_compile=True)
@@ -78,12 +66,13 @@ def probe(mode: str, rows: int, device: str) -> dict:
         backend, cmode = {"inductor": ("inductor", "reduce-overhead"), "cudagraphs": ("cudagraphs", "default")}[mode]
         config = GenerationConfig(**kw, cache_implementation="static", disable_compile=False,
                                   compile_config=CompileConfig(backend=backend, mode=cmode))
-    clock = Clock()
+    clock = Clock(sync=gpu)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                              logits_processor=[clock])
-    synchronize()
+    if gpu:
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     gaps = sorted(b - a for a, b in zip(clock.stamps[64:], clock.stamps[65:]))
     return {"rows": rows, "wall_s": round(wall, 2), "steps": len(clock.stamps),

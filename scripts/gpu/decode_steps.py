@@ -35,12 +35,16 @@ from upft.runio import write_json
 
 
 class Clock(LogitsProcessor):
-    """Stamps the time each step's logits arrive (``generate`` has synchronised by then)."""
+    """Stamps the time each step's logits arrive (``generate`` has synchronised by then; ``sync`` waits
+    for the GPU first, as scripts/gpu/compile_probe.py's clock does)."""
 
-    def __init__(self):
+    def __init__(self, sync: bool = False):
         self.stamps: list[float] = []
+        self.sync = sync
 
     def __call__(self, input_ids, scores):
+        if self.sync:
+            torch.cuda.synchronize()
         self.stamps.append(time.perf_counter())
         return scores
 
