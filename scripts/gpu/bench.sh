@@ -33,6 +33,9 @@
 #                   is built from (full-vllm-sft, untimed; SFT_DRAW=NAME builds it from RUNS/NAME, a full
 #                   draw an earlier group of the same chain made: another draw than full-vllm-sft's, so
 #                   its losses compare within the lease only)
+#   openrlhf-short  the openrlhf group's first two runs alone (the plain run, which builds DeepSpeed's op,
+#                   and the fastest settings, which must load it: issue 14's OpenRLHF figures), so that a
+#                   short lease's chain ends on its own: "runner-v2 transformers openrlhf-short"
 #   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
 #                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; the
 #                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3
@@ -143,7 +146,6 @@ sft_set() {
   python data_prep/build.py --samples "$RUNS/$draw" --method sft --out "$RUNS/prep-sft"
 }
 openrlhf() {
-  sft_set
   # the plain run first (it builds DeepSpeed's Adam op; perf.py compares every other run's losses
   # with it), then the fastest settings, as a lease of one GPU may end before the group does:
   # micro-batches of 16 with less padding, no recomputation, Liger's fused kernels, ZeRO stage 0, causal
@@ -157,9 +159,7 @@ openrlhf() {
   # and the group goes on, as is the causal16 run (every position's float32 logits at micro-batch 16 ran
   # out of memory on an 80 GB H100 in lease 18).
   local fast=("${FAST[@]}") best=("${BEST[@]}") liger=("${LIGER[@]}")
-  sft --seed 1 --out "$RUNS/openrlhf-1"
-  sft "${fast[@]}" --micro-batch 16 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-trained16" "${liger[@]}" \
-    || echo "## openrlhf-trained16 failed: $?"
+  openrlhf-short
   sft "${fast[@]}" --micro-batch 16 "${best[@]}" --out "$RUNS/openrlhf-causal16" "${liger[@]}" \
     || echo "## openrlhf-causal16 failed: $?"
   sft "${fast[@]}" --micro-batch 32 "${best[@]}" --trained-logits --out "$RUNS/openrlhf-trained32" "${liger[@]}" \
@@ -171,6 +171,12 @@ openrlhf() {
   sft "${fast[@]}" --micro-batch 16 --out "$RUNS/openrlhf-liger16" "${liger[@]}"
   sft "${fast[@]}" --micro-batch 16 --zero-stage 0 --out "$RUNS/openrlhf-liger16-zero0" "${liger[@]}"
   sft "${fast[@]}" --out "$RUNS/openrlhf-fast"
+}
+openrlhf-short() {  # the openrlhf group's first two runs (see there)
+  sft_set
+  sft --seed 1 --out "$RUNS/openrlhf-1"
+  sft "${FAST[@]}" --micro-batch 16 "${BEST[@]}" --trained-logits --out "$RUNS/openrlhf-trained16" "${LIGER[@]}" \
+    || echo "## openrlhf-trained16 failed: $?"
 }
 trained-logits() {
   # --trained-logits where the openrlhf group does not run it, each run beside the same run without it
@@ -225,8 +231,8 @@ decode-steps() {
       --out "$RUNS/decode_steps.json"
 }
 
-GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 decode-graphs openrlhf trained-logits \
-variants sdpa continuous decode-steps repeat "
+GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 decode-graphs openrlhf openrlhf-short \
+trained-logits variants sdpa continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done
