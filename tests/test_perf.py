@@ -226,22 +226,38 @@ def test_bench_goes_on_after_a_failed_trained_logits_or_causal16_run_only(tmp_pa
         assert done.returncode == 3 and ran == OPENRLHF[:OPENRLHF.index(fail) + 1]
 
 
-def test_the_sft_set_can_come_from_an_earlier_groups_full_draw(tmp_path):
-    """SFT_DRAW: the openrlhf group builds its set from that finished draw and draws none of its own
-    (runner-v2's full draw, in a lease too short for another engine start); a draw that has not
-    finished stops the group before any training, with one line."""
-    v2 = "full-vllm-seqs2048-graphs2048-v2"
-    done = _bench_sh(tmp_path, "runner-v2 openrlhf", SFT_DRAW=v2)
+@pytest.mark.parametrize("fail", ["openrlhf-1", "openrlhf-trained16"])
+def test_openrlhf_short_stops_on_a_failed_plain_run_and_goes_on_after_a_failed_fast_one(tmp_path, fail):
+    """openrlhf-short, the openrlhf group's first two runs, fails as that group does: the plain run's
+    failure stops it with its status, the fastest run's is logged and the next group runs."""
+    done = _bench_sh(tmp_path, "openrlhf-short transformers", fail)
+    ran = [Path(line).name for line in (tmp_path / "log").read_text().splitlines()]
+    if fail == "openrlhf-1":
+        assert done.returncode == 3 and ran == OPENRLHF[:3]
+    else:
+        assert done.returncode == 0 and "## openrlhf-trained16 failed: 3" in done.stdout
+        assert ran == [*OPENRLHF[:4], "upft-transformers", "full-transformers", "eval-transformers-cold"]
+
+
+@pytest.mark.parametrize("stages, trained", [("runner-v2 openrlhf", OPENRLHF[1:]),
+                                             ("runner-v2 transformers openrlhf-short", OPENRLHF[1:4])])
+def test_the_sft_set_can_come_from_an_earlier_groups_full_draw(tmp_path, stages, trained):
+    """SFT_DRAW: the openrlhf groups build their set from that finished draw and draw none of their own
+    (runner-v2's full draw, in a lease too short for another engine start; the second chain is the
+    README's one-lease plan); a draw that has not finished stops the group before any training, with
+    one line."""
+    v2, group = "full-vllm-seqs2048-graphs2048-v2", stages.split()[-1]
+    done = _bench_sh(tmp_path, stages, SFT_DRAW=v2)
     ran = [Path(line).name for line in (tmp_path / "log").read_text().splitlines()]
     assert done.returncode == 0 and "full-vllm-sft" not in ran and ran.index(v2) < ran.index("prep-sft")
-    assert ran[ran.index("prep-sft"):] == OPENRLHF[1:]
+    assert ran[ran.index("prep-sft"):] == trained
     (tmp_path / "commands").mkdir(), (tmp_path / "early").mkdir()
-    runs = _bench_commands(tmp_path / "commands", "runner-v2 openrlhf", "VLLM_CACHE_ROOT", SFT_DRAW=v2)
+    runs = _bench_commands(tmp_path / "commands", stages, "VLLM_CACHE_ROOT", SFT_DRAW=v2)
     prep = runs["prep-sft"]
     assert prep[prep.index("--samples") + 1] == str(tmp_path / "commands" / "runs" / v2) and "sft" in prep
 
     (tmp_path / "early" / "runs" / v2).mkdir(parents=True)  # begun, no manifest yet
-    done = _bench_sh(tmp_path / "early", "openrlhf", SFT_DRAW=v2)
+    done = _bench_sh(tmp_path / "early", group, SFT_DRAW=v2)
     assert done.returncode == 2 and not (tmp_path / "early" / "log").exists()
     assert done.stderr.strip().splitlines()[-1] == f"error: SFT_DRAW={v2} has not finished in " \
         f"{tmp_path / 'early' / 'runs'} (run the group that draws it first)"
