@@ -279,8 +279,6 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
 @pytest.mark.parametrize("stages, expected", [
     ("openrlhf", OPENRLHF),
     ("openrlhf-short", OPENRLHF[:4]),  # the plain run and the fastest alone: a chain that ends on its own
-    ("runner-v2 transformers openrlhf-short",
-     [*RUNNER_V2, "upft-transformers", "full-transformers", "eval-transformers-cold", *OPENRLHF[:4]]),
     ("trained-logits", TRAINED_LOGITS),
     ("openrlhf trained-logits", [*OPENRLHF, *TRAINED_LOGITS]),  # (the real draw stages skip a second draw)
     ("transformers,openrlhf", ["upft-transformers", "full-transformers", "eval-transformers-cold", *OPENRLHF]),
