@@ -27,6 +27,9 @@ def _bench(root: Path) -> None:
                                  "vllm-seqs2048-graphs2048-v2-decode-graphs")):
         _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
+    for part, wall, tokens in (("prefill", 2.0, 2_000), ("prefixes", 3.0, 64_000)):  # the upft-parts group
+        _w(root / f"upft-vllm-seqs2048-graphs2048-v2-{part}" / "manifest.json",
+           {"wall_s": wall, "backend_start_s": 40.0, "sampling_tokens": tokens, "finished": "2026-12-06T17:00:00"})
     for name, start in (("eval-vllm-cold", 150.0), ("eval-vllm-warm", 40.0), ("eval-transformers-cold", 30.0),
                         ("eval-transformers-eager", 5.0), ("eval-transformers-sdpa-cold", 30.0),
                         ("eval-transformers-sdpa-eager", 5.0), ("eval-vllm-seqs2048", 150.0),
@@ -80,6 +83,12 @@ def test_perf_json_from_bench_runs(tmp_path):
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2",
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
+    # the upft-parts group: each part over runner-v2's full pass (100 s in the fixture)
+    assert p["upft_parts_model_runner_v2"] == {
+        "prefill_only": {"s": 2.0, "start_s": 40.0, "tokens": 2_000, "tokens_per_s": 1_000,
+                         "finished": "2026-12-06T17:00:00", "over_full": 0.02},
+        "prefixes_only": {"s": 3.0, "start_s": 40.0, "tokens": 64_000, "tokens_per_s": 21_333,
+                          "finished": "2026-12-06T17:00:00", "over_full": 0.03}}
     assert p["eval_repeats"] == {}
     _w(tmp_path / "eval-vllm-warm-repeat" / "gsm8k.summary.json", {"wall_s": 19.0, "tokens_per_s": 21_000.0,
                                                                    "accuracy": 61.5, "generate_s": 16.0, "grade_s": 1.0})
@@ -183,6 +192,7 @@ VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graph
 SPECULATIVE = ["upft-vllm-seqs2048-graphs2048-ngram4", "full-vllm-seqs2048-graphs2048-ngram4",
                "eval-vllm-seqs2048-graphs2048-ngram4"]
 RUNNER_V2 = ["upft-vllm-seqs2048-graphs2048-v2", "full-vllm-seqs2048-graphs2048-v2", "eval-vllm-seqs2048-graphs2048-v2"]
+UPFT_PARTS = ["upft-vllm-seqs2048-graphs2048-v2-prefill", "upft-vllm-seqs2048-graphs2048-v2-prefixes"]
 DECODE_GRAPHS = ["upft-vllm-seqs2048-graphs2048-v2-decode-graphs", "full-vllm-seqs2048-graphs2048-v2-decode-graphs",
                  "eval-vllm-seqs2048-graphs2048-v2-decode-graphs"]
 REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
@@ -240,7 +250,7 @@ def test_openrlhf_short_stops_on_a_failed_plain_run_and_goes_on_after_a_failed_f
 
 
 @pytest.mark.parametrize("stages, trained", [("runner-v2 openrlhf", OPENRLHF[1:]),
-                                             ("runner-v2 transformers openrlhf-short", OPENRLHF[1:4])])
+                                             ("runner-v2 upft-parts transformers openrlhf-short", OPENRLHF[1:4])])
 def test_the_sft_set_can_come_from_an_earlier_groups_full_draw(tmp_path, stages, trained):
     """SFT_DRAW: the openrlhf groups build their set from that finished draw and draw none of their own
     (runner-v2's full draw, in a lease too short for another engine start; the second chain is the
@@ -289,13 +299,15 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
     ("vllm-variants", VLLM_VARIANTS),
     ("speculative", SPECULATIVE),
     ("runner-v2", RUNNER_V2),
+    ("runner-v2 upft-parts", [*RUNNER_V2, *UPFT_PARTS]),
     ("decode-graphs", DECODE_GRAPHS),
     ("decode-steps", ["decode_steps.json"]),
     ("vllm vllm-variants repeat", ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
                                    *VLLM_VARIANTS, *REPEATS]),
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
             "upft-transformers", "full-transformers", "eval-transformers-cold",
-            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *RUNNER_V2, *DECODE_GRAPHS, *OPENRLHF,
+            "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *RUNNER_V2, *UPFT_PARTS, *DECODE_GRAPHS,
+            *OPENRLHF,
             *TRAINED_LOGITS,
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
             "eval-transformers-sdpa-cold", "eval-transformers-sdpa-eager", "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
@@ -352,6 +364,15 @@ def test_the_repeat_group_needs_the_runs_it_repeats(tmp_path):
     done = _bench_sh(tmp_path, "repeat")
     assert done.returncode == 2 and not (tmp_path / "log").exists()
     assert "error: the repeat group repeats eval-vllm-seqs2048-graphs2048, which has not run" in done.stderr
+
+
+def test_the_upft_parts_group_needs_runner_v2s_passes(tmp_path):
+    """Its parts are read against runner-v2's full pass, and its engines should start warm in that group's
+    compile cache: alone in a fresh RUNS it is refused before any engine starts."""
+    done = _bench_sh(tmp_path, "upft-parts")
+    assert done.returncode == 2 and not (tmp_path / "log").exists()
+    assert done.stderr.strip() == ("error: the upft-parts group is compared with runner-v2's passes, which have "
+                                   f"not run in {tmp_path / 'runs'} (run runner-v2 first)")
 
 
 def test_bench_refuses_an_unknown_group_before_running_any(tmp_path):
@@ -539,8 +560,8 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
     flags and compile cache for vllm-variants' (the same cache its evaluations filled); the OpenRLHF
     runs in theirs (the SFT set drawn in its own cache), Liger's kernels for six of them (passed
     through to OpenRLHF), ZeRO stage 0 for five."""
-    runs = _bench_commands(tmp_path, "engine-seed vllm vllm-variants speculative runner-v2 decode-graphs openrlhf "
-                                     "trained-logits repeat", "VLLM_CACHE_ROOT")
+    runs = _bench_commands(tmp_path, "engine-seed vllm vllm-variants speculative runner-v2 upft-parts decode-graphs "
+                                     "openrlhf trained-logits repeat", "VLLM_CACHE_ROOT")
     assert "--engine-seed" in runs["upft-vllm-engine"] and "--engine-seed" in runs["full-vllm-engine"]
     upft = runs["upft-vllm-seqs2048-graphs2048"]
     assert upft[0] == str(tmp_path / "runs" / "vllm-cache-seqs2048-graphs2048")
@@ -564,6 +585,12 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
             assert " ".join(variant).count(" ".join(flag)) == 1
             assert [w for w in variant[1:] if w not in flag and not w.endswith(f"-{suffix}")] == \
                 [w for w in base[1:] if not w.endswith(stage)]
+    # upft-parts: runner-v2's UPFT command (its cache, flags and seed), with the prefix length and fraction after
+    # its own (argparse keeps the last): the prompts with one token each, and the prefixes with no full draw
+    v2 = runs["upft-vllm-seqs2048-graphs2048-v2"]
+    for part, tail in (("prefill", ["--L", "1", "--p", "0"]), ("prefixes", ["--p", "0"])):
+        name = f"upft-vllm-seqs2048-graphs2048-v2-{part}"
+        assert runs[name] == [*v2[:-2], *tail, "--out", v2[-1] + f"-{part}"]
     # the repeats: the same commands (and caches) as the evaluations they repeat
     assert runs["eval-vllm-seqs2048-graphs2048-repeat"] == [
         w + "-repeat" if w.endswith("eval-vllm-seqs2048-graphs2048") else w for w in runs["eval-vllm-seqs2048-graphs2048"]]

@@ -19,6 +19,9 @@
 #   runner-v2       vllm-variants' settings with vLLM's model runner v2 (--model-runner v2: a step's
 #                   seeded noise in one kernel): UPFT and full sampling, then the GSM8K eval, in its
 #                   own compile cache. Compare with vllm-variants' runs of the same lease
+#   upft-parts      runner-v2's UPFT pass in parts, in its compile cache (run after runner-v2): the 2000
+#                   prompts with one token each (--L 1 --p 0: their prefill, the floor of any pass over
+#                   them), then their 32-token prefixes alone (--p 0: no full draw)
 #   decode-graphs   runner-v2's runs with CUDA graphs for decoding steps alone (--cudagraph-mode
 #                   FULL_DECODE_ONLY: half the graphs to capture at each engine start), in its own compile
 #                   cache. Compare with runner-v2's runs of the same lease
@@ -35,7 +38,7 @@
 #                   its losses compare within the lease only)
 #   openrlhf-short  the openrlhf group's first two runs alone (the plain run, which builds DeepSpeed's op,
 #                   and the fastest settings, which must load it: issue 14's OpenRLHF figures), so that a
-#                   short lease's chain ends on its own: "runner-v2 transformers openrlhf-short"
+#                   short lease's chain ends on its own: "runner-v2 upft-parts transformers openrlhf-short"
 #   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
 #                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; the
 #                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3
@@ -49,7 +52,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
-: "${STAGES:=vllm transformers engine-seed vllm-variants speculative runner-v2 decode-graphs openrlhf trained-logits \
+: "${STAGES:=vllm transformers engine-seed vllm-variants speculative runner-v2 upft-parts decode-graphs openrlhf trained-logits \
 variants sdpa continuous decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
@@ -106,6 +109,15 @@ runner-v2() {  # vLLM's model runner v2 with vllm-variants' settings (greedy eva
   # vllm-variants'). v1 draws a step's seeded noise with a kernel launch per draw from Python, v2 in one
   # kernel: the draws differ, the distribution does not
   v2048_variant v2 "$RUNS/vllm-cache-v2" --model-runner v2
+}
+upft-parts() {  # where runner-v2's UPFT pass spends its time, beside its full pass of the same lease: the
+  # prompts' prefill (one token each), the prefixes without the fraction p of full draws, and (runner-v2's
+  # own pass) with them. Both engines start warm in runner-v2's compile cache
+  local flags=("${V2048[@]}" --model-runner v2)
+  [ -f "$RUNS/full-vllm-seqs2048-graphs2048-v2/manifest.json" ] ||
+    { echo "error: the upft-parts group is compared with runner-v2's passes, which have not run in $RUNS (run runner-v2 first)" >&2; return 2; }
+  VLLM_CACHE_ROOT="$RUNS/vllm-cache-v2" vllm_sampling seqs2048-graphs2048-v2-prefill upft "${flags[@]}" --L 1 --p 0
+  VLLM_CACHE_ROOT="$RUNS/vllm-cache-v2" vllm_sampling seqs2048-graphs2048-v2-prefixes upft "${flags[@]}" --p 0
 }
 decode-graphs() {  # runner-v2 capturing whole-step graphs for decoding steps alone (vLLM's
   # FULL_DECODE_ONLY), not also piecewise ones for steps with prompt tokens: a faster engine start
@@ -231,7 +243,7 @@ decode-steps() {
       --out "$RUNS/decode_steps.json"
 }
 
-GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 decode-graphs openrlhf openrlhf-short \
+GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 upft-parts decode-graphs openrlhf openrlhf-short \
 trained-logits variants sdpa continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }

@@ -17,6 +17,9 @@ same stages with a setting that may be faster (``--engine-seed``, ``--compile-de
 cold start and without compiling, with transformers' own attention (``--attention sdpa``): the control of
 ``upft.attention``'s grouped decoding steps, not a candidate default.
 ``eval_repeats`` are evaluations run once more (bench.sh's repeat group), by the stage they repeat.
+``upft_parts_model_runner_v2`` is bench.sh's upft-parts group: runner-v2's UPFT pass with no full draw
+(``prefixes_only``, p=0) and its prompts' prefill alone (``prefill_only``, one token each), each over the
+full pass of its own lease: how much of UPFT's sampling time its prefixes cost and its full draws add.
 ``transformers_decode_steps`` is scripts/gpu/decode_steps.py's step times, where it ran.
 Each stage's figures carry its manifest's ``finished`` time, so stages from different leases show.
 """
@@ -103,7 +106,12 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
                "upft_zero_stage_3": ("openrlhf-upft-zero3-trained", "openrlhf-upft-zero3")}
     trains = ("openrlhf-1", "openrlhf-2", *fast.values(), *(n for pair in trained.values() for n in pair),
               "openrlhf-trained16-repeat")
-    stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(), *trains]
+    # bench.sh's upft-parts group: runner-v2's UPFT pass without its full draws, and its prompts' prefill alone
+    full_v2 = "full-vllm-seqs2048-graphs2048-v2"
+    parts = {"prefill_only": "upft-vllm-seqs2048-graphs2048-v2-prefill",
+             "prefixes_only": "upft-vllm-seqs2048-graphs2048-v2-prefixes"}
+    stages = [f"{m}-{v}" for m in ("upft", "full") for v in backends.values()] + [*evals, *variants.values(),
+                                                                                   *parts.values(), *trains]
     at = {name: f for name in stages if (f := _first(folders, name))}  # each finished stage -> its folder
     done = set(at)
     if not done:
@@ -126,6 +134,9 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
         "upft_over_full": {k: _ratio(at[f"upft-{v}"] / f"upft-{v}", at[f"full-{v}"] / f"full-{v}")
                            for k, v in backends.items() if k in upft and k in full},
         "sampling_detail": {"upft": upft, "full": full},
+        # each part over the full pass of its own lease (runner-v2's, the same settings)
+        "upft_parts_model_runner_v2": {k: {**_sample(f, name), "over_full": _ratio(f / name, f / full_v2)}
+                                       for k, name in parts.items() if (f := _first(folders, name, full_v2))},
         # the trained-logits group's UPFT and full draws: the vllm group's commands in a compile cache of
         # their own, timed the same way; every folder's pair, not only the first (how much the ratio varies)
         "upft_over_full_trainer_sets": {
