@@ -83,6 +83,13 @@ def test_perf_json_from_bench_runs(tmp_path):
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2",
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
+    assert p["vllm_runs"] == {"settings": "default", "cold": "eval-vllm-cold", "warm": "eval-vllm-warm"}
+    # runner-v2's settings: its UPFT pass starts the first engine (60 s in the fixture), its evaluation a warm one
+    v2 = collect([tmp_path], "two GPUs, one group each", "v2")
+    assert v2["vllm_engine_start_s"] == {"cold": 60.0, "warm": 150.0} and v2["vllm_gsm8k_s"] == 20.0
+    assert v2["gsm8k_accuracy"] == {"vllm_cold": None, "vllm_warm": 62.0, "transformers": 62.0}
+    assert {k: v for k, v in v2.items() if not k.startswith(("vllm_", "gsm8k_"))} == \
+        {k: v for k, v in p.items() if not k.startswith(("vllm_", "gsm8k_"))}  # the rest as with vLLM's defaults
     # the upft-parts group: each part over runner-v2's full pass (100 s in the fixture)
     assert p["upft_parts_model_runner_v2"] == {
         "prefill_only": {"s": 2.0, "start_s": 40.0, "tokens": 2_000, "tokens_per_s": 1_000,
@@ -487,20 +494,21 @@ def test_several_leases_read_as_one(tmp_path):
     assert collect([first, later])["device"] == "NVIDIA H100 80GB HBM3"  # from a variant's summary
 
 
-@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench-h100/lease21", "results/gpu/bench-h100/lease19",
+@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench-h100/lease22", "results/gpu/bench-h100/lease21",
+                                                "results/gpu/bench-h100/lease19",
                                                 "results/gpu/bench-h100/lease18", "results/gpu/bench-h100/lease17",
                                                 "results/gpu/bench-h100/lease16", "results/gpu/bench"],
                                                "results/gpu/perf-h100.json"),
-                                             (["results/gpu/bench-h100/lease21"], "results/gpu/perf-h100-lease21.json"),
+                                             (["results/gpu/bench-h100/lease22"], "results/gpu/perf.json"),
                                              ([f"results/gpu/bench-h200/lease{n}"
                                                for n in ("11", "14", "13", "12", "9c", "10", "15b", "15a")],
-                                              "results/gpu/perf.json")])
+                                              "results/gpu/perf-h200.json")])
 def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     """The README's speed tables quote these files: each must be what perf.py collects from the run
-    folders committed beside it (its note aside, which only the command line gives)."""
+    folders committed beside it (its note and vLLM settings aside, which only the command line gives)."""
     root = Path(__file__).resolve().parents[1]
     kept = json.loads((root / committed).read_text())
-    assert collect([root / r for r in runs], kept.get("note")) == kept
+    assert collect([root / r for r in runs], kept.get("note"), kept["vllm_runs"]["settings"]) == kept
 
 
 def _lease(tmp_path: Path, *args: str, **env_extra: str):

@@ -1,6 +1,9 @@
 """Collect scripts/gpu/bench.sh's runs into results/gpu/perf.json (issue 14's figures).
 
-  python scripts/gpu/perf.py RUNS [RUNS...] results/gpu/perf.json [--note "how the leases ran"]
+  python scripts/gpu/perf.py RUNS [RUNS...] OUT [--note "how the leases ran"] [--vllm-settings v2]
+
+results/gpu/perf.json is one H100 lease that ran issue 14's figures side by side (lease 22, runner-v2's vLLM
+settings); results/gpu/perf-h100.json and perf-h200.json read every lease of their kind of GPU.
 
 Several RUNS folders (one per lease) are read as one: each stage from the first folder that finished
 it, so the folder of the lease whose figures should stand goes first.
@@ -64,12 +67,21 @@ def _first(folders: list[Path], *stages: str) -> Path | None:
     return next((f for f in folders if all((f / name / "manifest.json").is_file() for name in stages)), None)
 
 
-def collect(folders: list[Path], note: str | None = None) -> dict:
+# the runs whose figures fill issue 14's vLLM keys (vllm_gsm8k_s, vllm_engine_start_s, gsm8k_accuracy), by
+# settings: vLLM's own (the vllm group's evaluations from an empty and a filled compile cache) or runner-v2's
+# (--model-runner v2 --max-num-seqs 2048 --max-cudagraph-size 2048: its UPFT pass starts the first engine,
+# compiling; its evaluation starts with the cache filled)
+VLLM_RUNS = {"default": ("eval-vllm-cold", "eval-vllm-warm"),
+             "v2": ("upft-vllm-seqs2048-graphs2048-v2", "eval-vllm-seqs2048-graphs2048-v2")}
+
+
+def collect(folders: list[Path], note: str | None = None, vllm: str = "default") -> dict:
     """perf.json from the stages bench.sh finished in ``folders``, each stage from the first folder
     that finished it. A lease can end mid-bench (bench.sh resumes in the next one), so a stage not
     finished is listed under ``missing`` and its figures are null, never guessed; folders holding no
     finished stage at all are an error. ``note`` says what the manifests cannot: how the leases ran
-    (the host, what else ran on it at the same time)."""
+    (the host, what else ran on it at the same time). ``vllm`` picks the settings whose runs fill the
+    issue's vLLM keys (``VLLM_RUNS``; the file names them under ``vllm_runs``)."""
     backends = {"vllm": "vllm-draw", "vllm_engine_seed": "vllm-engine", "transformers": "transformers",
                 "transformers_eager": "transformers-eager", "transformers_continuous": "transformers-cb",
                 "vllm_cudagraphs_1024": "vllm-graphs1024",
@@ -118,8 +130,10 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
         raise UserError(f"{', '.join(map(str, folders))}: no finished stage of scripts/gpu/bench.sh")
     upft = {k: _sample(at[f"upft-{v}"], f"upft-{v}") for k, v in backends.items() if f"upft-{v}" in done}
     full = {k: _sample(at[f"full-{v}"], f"full-{v}") for k, v in backends.items() if f"full-{v}" in done}
-    ev = {name: _eval(at[name], name) for name in evals if name in done}
-    cold, warm, tf = (ev.get(name, {}) for name in evals)
+    tf = _eval(at[evals[2]], evals[2]) if evals[2] in done else {}
+    cold_run, warm_run = VLLM_RUNS[vllm]
+    cold = ((_eval if cold_run.startswith("eval-") else _sample)(at[cold_run], cold_run)) if cold_run in done else {}
+    warm = _eval(at[warm_run], warm_run) if warm_run in done else {}
     tr = [read_json(at[name] / name / "manifest.json") for name in ("openrlhf-1", "openrlhf-2") if name in done]
     first = next((at[name] / name / "summary.json" for name in [*evals, *variants.values()]
                   if name in done and (at[name] / name / "summary.json").is_file()), None)
@@ -128,6 +142,7 @@ def collect(folders: list[Path], note: str | None = None) -> dict:
     return {
         "device": env.get("hardware", {}).get("gpu"), **({"note": note} if note else {}), "environment": env,
         "commands": ["MODEL=<qwen2.5-coder-1.5b-instruct.gguf> DATA=<mirror> RUNS=<dir> bash scripts/gpu/bench.sh"],
+        "vllm_runs": {"settings": vllm, "cold": cold_run, "warm": warm_run},
         "missing": [name for name in stages if name not in done],
         "upft_sampling_s": {k: v["s"] for k, v in upft.items()},
         "full_sampling_s": {k: v["s"] for k, v in full.items()},
@@ -199,8 +214,10 @@ def main(argv: list[str] | None) -> None:
     ap.add_argument("runs", type=Path, nargs="+", help="bench.sh's run folders, the one that wins first")
     ap.add_argument("out", type=Path)
     ap.add_argument("--note", help="how the leases ran (host, concurrent jobs), kept in the file")
+    ap.add_argument("--vllm-settings", choices=sorted(VLLM_RUNS), default="default",
+                    help="whose runs fill the vLLM evaluation and engine start keys: vLLM's defaults or runner-v2's")
     a = ap.parse_args(argv)
-    write_json(a.out, collect(a.runs, a.note))
+    write_json(a.out, collect(a.runs, a.note, a.vllm_settings))
     print(f"wrote {a.out}")
 
 
