@@ -25,7 +25,8 @@ def _bench(root: Path) -> None:
                                  "vllm-graphs1024", "vllm-seqs2048-graphs2048", "vllm-seqs2048-graphs2048-engine",
                                  "vllm-seqs2048-graphs2048-ngram4", "vllm-seqs2048-graphs2048-v2",
                                  "vllm-seqs2048-graphs2048-v2-decode-graphs")):
-        _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": 60.0, "sampling_tokens": 120_000})
+        start = 200.0 if backend == "vllm-seqs2048-graphs2048-v2" else 60.0  # runner-v2's first start: cold
+        _w(root / f"upft-{backend}" / "manifest.json", {"wall_s": 10.0 + i, "backend_start_s": start, "sampling_tokens": 120_000})
         _w(root / f"full-{backend}" / "manifest.json", {"wall_s": 100.0, "backend_start_s": 60.0, "sampling_tokens": 600_000})
     for part, wall, tokens in (("prefill", 2.0, 2_000), ("prefixes", 3.0, 64_000)):  # the upft-parts group
         _w(root / f"upft-vllm-seqs2048-graphs2048-v2-{part}" / "manifest.json",
@@ -38,7 +39,10 @@ def _bench(root: Path) -> None:
                         ("eval-vllm-seqs2048-graphs2048-v2", 150.0),
                         ("eval-vllm-seqs2048-graphs2048-v2-decode-graphs", 150.0)):
         split = {"generate_s": 18.123, "grade_s": 0.456} if name == "eval-vllm-seqs2048-graphs2048" else {}  # newer
-        _w(root / name / "gsm8k.summary.json", {"wall_s": 20.0, "tokens_per_s": 20_000.0, "accuracy": 62.0, **split})
+        v2 = name == "eval-vllm-seqs2048-graphs2048-v2"  # runner-v2's: figures of its own
+        start = 45.0 if v2 else start
+        _w(root / name / "gsm8k.summary.json", {"wall_s": 19.0 if v2 else 20.0, "tokens_per_s": 20_000.0,
+                                                "accuracy": 61.5 if v2 else 62.0, **split})
         _w(root / name / "manifest.json", {"backend_start_s": start, "finished": "2026-11-28T04:25:00"})
     _w(root / "eval-vllm-cold" / "summary.json", {"environment": {"hardware": {"gpu": "NVIDIA H100 80GB HBM3"}}})
     for i, tps in ((1, 21_000), (2, 21_000), ("fast", 30_000), ("fast16", 40_000), ("profile", 20_000),
@@ -84,10 +88,12 @@ def test_perf_json_from_bench_runs(tmp_path):
                                        "vllm_gsm8k_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only"}
     assert p["vllm_engine_start_s"] == {"cold": 150.0, "warm": 40.0}
     assert p["vllm_runs"] == {"settings": "default", "cold": "eval-vllm-cold", "warm": "eval-vllm-warm"}
-    # runner-v2's settings: its UPFT pass starts the first engine (60 s in the fixture), its evaluation a warm one
+    # runner-v2's settings: its UPFT pass starts the first engine (cold), its evaluation a warm one
     v2 = collect([tmp_path], "two GPUs, one group each", "v2")
-    assert v2["vllm_engine_start_s"] == {"cold": 60.0, "warm": 150.0} and v2["vllm_gsm8k_s"] == 20.0
-    assert v2["gsm8k_accuracy"] == {"vllm_cold": None, "vllm_warm": 62.0, "transformers": 62.0}
+    assert v2["vllm_runs"] == {"settings": "v2", "cold": "upft-vllm-seqs2048-graphs2048-v2",
+                               "warm": "eval-vllm-seqs2048-graphs2048-v2"}
+    assert v2["vllm_engine_start_s"] == {"cold": 200.0, "warm": 45.0} and v2["vllm_gsm8k_s"] == 19.0
+    assert v2["gsm8k_accuracy"] == {"vllm_cold": None, "vllm_warm": 61.5, "transformers": 62.0}
     assert {k: v for k, v in v2.items() if not k.startswith(("vllm_", "gsm8k_"))} == \
         {k: v for k, v in p.items() if not k.startswith(("vllm_", "gsm8k_"))}  # the rest as with vLLM's defaults
     # the upft-parts group: each part over runner-v2's full pass (100 s in the fixture)
@@ -351,6 +357,17 @@ def _bench_commands(tmp_path: Path, stages: str, cache: str, **extra: str) -> di
     return {Path(w[w.index("--out") + 1]).name: w for w in lines if "--out" in w}
 
 
+@pytest.mark.parametrize("stages, settings", [("vllm transformers", "default"), ("vllm runner-v2", "v2"),
+                                              ("runner-v2 upft-parts", "v2")])
+def test_bench_ends_by_collecting_perf_json_with_runner_v2s_vllm_keys_where_it_ran(tmp_path, stages, settings):
+    """perf.json's vLLM evaluation and engine-start keys come from runner-v2's runs (the settings the
+    README's figures use) where the bench ran that group, else from the vllm group's."""
+    _bench_commands(tmp_path, stages, "VLLM_CACHE_ROOT")
+    last = (tmp_path / "log").read_text().splitlines()[-1].split()
+    assert last[1:] == ["scripts/gpu/perf.py", str(tmp_path / "runs"), "results/gpu/perf.json",
+                        "--vllm-settings", settings]
+
+
 def test_the_sdpa_group_is_the_transformers_evaluations_with_transformers_attention(tmp_path):
     """The control of the grouped decoding steps: the transformers group's cold evaluation and variants'
     eager one, each the same command with --attention sdpa, the cold one in an empty compile cache of
@@ -373,9 +390,14 @@ def test_the_repeat_group_needs_the_runs_it_repeats(tmp_path):
     assert "error: the repeat group repeats eval-vllm-seqs2048-graphs2048, which has not run" in done.stderr
 
 
-def test_the_upft_parts_group_needs_runner_v2s_passes(tmp_path):
+@pytest.mark.parametrize("finished", [[], ["upft-vllm-seqs2048-graphs2048-v2"]])
+def test_the_upft_parts_group_needs_runner_v2s_passes(tmp_path, finished):
     """Its parts are read against runner-v2's full pass, and its engines should start warm in that group's
-    compile cache: alone in a fresh RUNS it is refused before any engine starts."""
+    compile cache: without that pass (a fresh RUNS, or runner-v2 stopped after its UPFT pass) it is refused
+    before any engine starts."""
+    for name in finished:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "manifest.json").write_text("{}")
     done = _bench_sh(tmp_path, "upft-parts")
     assert done.returncode == 2 and not (tmp_path / "log").exists()
     assert done.stderr.strip() == ("error: the upft-parts group is compared with runner-v2's passes, which have "
@@ -509,6 +531,8 @@ def test_committed_perf_files_are_what_perf_py_writes(runs, committed):
     root = Path(__file__).resolve().parents[1]
     kept = json.loads((root / committed).read_text())
     assert collect([root / r for r in runs], kept.get("note"), kept["vllm_runs"]["settings"]) == kept
+    # the issue's file: its vLLM keys are runner-v2's, the settings of the README's figures
+    assert kept["vllm_runs"]["settings"] == ("v2" if committed == "results/gpu/perf.json" else "default")
 
 
 def _lease(tmp_path: Path, *args: str, **env_extra: str):

@@ -251,4 +251,6 @@ done
 [ -z "${BENCH_CHECK:-}" ] || exit 0  # BENCH_CHECK=1: check the settings only (scripts/gpu/lease.sh start)
 mkdir -p "$RUNS"
 for group in ${STAGES//,/ }; do "$group"; done
-python scripts/gpu/perf.py "$RUNS" results/gpu/perf.json
+settings=default  # the runs that fill perf.json's vLLM evaluation and engine-start keys: runner-v2's where it ran
+[[ " ${STAGES//,/ } " == *" runner-v2 "* ]] && settings=v2
+python scripts/gpu/perf.py "$RUNS" results/gpu/perf.json --vllm-settings "$settings"

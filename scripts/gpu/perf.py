@@ -3,7 +3,8 @@
   python scripts/gpu/perf.py RUNS [RUNS...] OUT [--note "how the leases ran"] [--vllm-settings v2]
 
 results/gpu/perf.json is one H100 lease that ran issue 14's figures side by side (lease 22, runner-v2's vLLM
-settings); results/gpu/perf-h100.json and perf-h200.json read every lease of their kind of GPU.
+settings); results/gpu/perf-h100.json and perf-h200.json read the leases of their kind of GPU that the README
+names, with vLLM's default settings in those keys.
 
 Several RUNS folders (one per lease) are read as one: each stage from the first folder that finished
 it, so the folder of the lease whose figures should stand goes first.
@@ -70,7 +71,8 @@ def _first(folders: list[Path], *stages: str) -> Path | None:
 # the runs whose figures fill issue 14's vLLM keys (vllm_gsm8k_s, vllm_engine_start_s, gsm8k_accuracy), by
 # settings: vLLM's own (the vllm group's evaluations from an empty and a filled compile cache) or runner-v2's
 # (--model-runner v2 --max-num-seqs 2048 --max-cudagraph-size 2048: its UPFT pass starts the first engine,
-# compiling; its evaluation starts with the cache filled)
+# compiling; its evaluation starts with the cache filled; runner-v2 has no evaluation from an empty cache, so
+# gsm8k_accuracy's vllm_cold is null with these)
 VLLM_RUNS = {"default": ("eval-vllm-cold", "eval-vllm-warm"),
              "v2": ("upft-vllm-seqs2048-graphs2048-v2", "eval-vllm-seqs2048-graphs2048-v2")}
 
