@@ -58,6 +58,7 @@ Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --ma
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
 V2048=(--max-num-seqs 2048 --max-cudagraph-size 2048) V2048_CACHE="$RUNS/vllm-cache-seqs2048-graphs2048"
+V2=(--model-runner v2) V2_CACHE="$RUNS/vllm-cache-v2"  # runner-v2's flag and compile cache (upft-parts' too)
 
 vllm_sampling() {  # NAME MODE (upft, full) [FLAGS...] -> RUNS/MODE-vllm-NAME
   local mode=(--mode full); [ "$2" = upft ] && mode=(--mode upft --L 32 --p 0.1)
@@ -108,16 +109,15 @@ speculative() {  # vLLM's n-gram speculation (--speculative-ngram 4) with vllm-v
 runner-v2() {  # vLLM's model runner v2 with vllm-variants' settings (greedy eval: its accuracy should be
   # vllm-variants'). v1 draws a step's seeded noise with a kernel launch per draw from Python, v2 in one
   # kernel: the draws differ, the distribution does not
-  v2048_variant v2 "$RUNS/vllm-cache-v2" --model-runner v2
+  v2048_variant v2 "$V2_CACHE" "${V2[@]}"
 }
 upft-parts() {  # where runner-v2's UPFT pass spends its time, beside its full pass of the same lease: the
   # prompts' prefill (one token each), the prefixes without the fraction p of full draws, and (runner-v2's
   # own pass) with them. Both engines start warm in runner-v2's compile cache
-  local flags=("${V2048[@]}" --model-runner v2)
   [ -f "$RUNS/full-vllm-seqs2048-graphs2048-v2/manifest.json" ] ||
     { echo "error: the upft-parts group is compared with runner-v2's passes, which have not run in $RUNS (run runner-v2 first)" >&2; return 2; }
-  VLLM_CACHE_ROOT="$RUNS/vllm-cache-v2" vllm_sampling seqs2048-graphs2048-v2-prefill upft "${flags[@]}" --L 1 --p 0
-  VLLM_CACHE_ROOT="$RUNS/vllm-cache-v2" vllm_sampling seqs2048-graphs2048-v2-prefixes upft "${flags[@]}" --p 0
+  VLLM_CACHE_ROOT=$V2_CACHE vllm_sampling seqs2048-graphs2048-v2-prefill upft "${V2048[@]}" "${V2[@]}" --L 1 --p 0
+  VLLM_CACHE_ROOT=$V2_CACHE vllm_sampling seqs2048-graphs2048-v2-prefixes upft "${V2048[@]}" "${V2[@]}" --p 0
 }
 decode-graphs() {  # runner-v2 capturing whole-step graphs for decoding steps alone (vLLM's
   # FULL_DECODE_ONLY), not also piecewise ones for steps with prompt tokens: a faster engine start

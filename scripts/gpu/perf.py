@@ -93,7 +93,8 @@ def collect(folders: list[Path], note: str | None = None, vllm: str = "default")
                 "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2": "vllm-seqs2048-graphs2048-v2",
                 "vllm_max_num_seqs_2048_cudagraphs_2048_model_runner_v2_full_decode_only":
                     "vllm-seqs2048-graphs2048-v2-decode-graphs"}
-    evals = ("eval-vllm-cold", "eval-vllm-warm", "eval-transformers-cold")
+    tf_run = "eval-transformers-cold"
+    evals = ("eval-vllm-cold", "eval-vllm-warm", tf_run)
     variants = {"transformers_gsm8k_eager": "eval-transformers-eager",
                 "transformers_gsm8k_sdpa": "eval-transformers-sdpa-cold",
                 "transformers_gsm8k_sdpa_eager": "eval-transformers-sdpa-eager",
@@ -132,7 +133,7 @@ def collect(folders: list[Path], note: str | None = None, vllm: str = "default")
         raise UserError(f"{', '.join(map(str, folders))}: no finished stage of scripts/gpu/bench.sh")
     upft = {k: _sample(at[f"upft-{v}"], f"upft-{v}") for k, v in backends.items() if f"upft-{v}" in done}
     full = {k: _sample(at[f"full-{v}"], f"full-{v}") for k, v in backends.items() if f"full-{v}" in done}
-    tf = _eval(at[evals[2]], evals[2]) if evals[2] in done else {}
+    tf = _eval(at[tf_run], tf_run) if tf_run in done else {}
     cold_run, warm_run = VLLM_RUNS[vllm]
     cold = ((_eval if cold_run.startswith("eval-") else _sample)(at[cold_run], cold_run)) if cold_run in done else {}
     warm = _eval(at[warm_run], warm_run) if warm_run in done else {}
