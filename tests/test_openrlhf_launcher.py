@@ -166,6 +166,20 @@ def test_timing_splits_the_wall_time():
                  "model_check_s": 10.0, "tokens_per_s_per_gpu": 50}
 
 
+def test_timing_in_steady_state_from_the_tokens_each_step_trained():
+    """Steps that logged the tokens they trained on rank 0: tokens/s/GPU over the later half of the steps
+    (steps 4-5 of 5: 800 tokens from the end of step 3, 20 s), and over every step after the first
+    (1120 tokens in 40 s), from those counts, not from the data's total or the number of GPUs."""
+    from upft.openrlhf_sft import STEP_TOKENS
+
+    curve = [{"step": i + 1, "wall_time": 100.0 + 10 * i, STEP_TOKENS: n} for i, n in enumerate([900, 200, 120, 300, 500])]
+    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log="", tuning_tokens=1, epochs=1, gpus=2)
+    assert (t["tokens_per_s_per_gpu"], t["tokens_per_s_per_gpu_all_steps"], t["steady_state_steps"]) == (40, 28, "4-5 of 5")
+    assert t["steps_s"] == 40.0
+    del curve[2][STEP_TOKENS]  # a log without every count: the data's tokens spread evenly, as before
+    assert "steady_state_steps" not in timing(curve, 40.0, 150.0, 160.0, "", 1000, 1, 2)
+
+
 def test_timing_splits_launch_and_save_by_the_phase_lines():
     """Our wrapper's phase lines (rank 0, first of each name) split launch-to-first-step into
     launch, load, DeepSpeed init and the first step, and the end into save and exit."""

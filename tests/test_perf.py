@@ -49,7 +49,7 @@ def _bench(root: Path) -> None:
                    ("liger16", 45_000), ("liger16-zero0", 47_000), ("liger32", 48_000), ("causal16", 50_000),
                    ("trained16", 55_000), ("trained32", 60_000), ("zero3", 3_000), ("zero3-trained", 3_600),
                    ("upft-causal16", 40_000), ("upft-trained16", 52_000), ("upft-zero3", 2_000),
-                   ("upft-zero3-trained", 2_600), ("trained16-repeat", 54_000)):
+                   ("upft-zero3-trained", 2_600), ("trained16-repeat", 54_000), ("trained16-expandable", 56_000)):
         _w(root / f"openrlhf-{i}" / "manifest.json", {"wall_s": 200.0, "timing": {
             "tokens_per_s_per_gpu": tps, "op_load_s": 30.0 if i == 1 else 0.5}})
         (root / f"openrlhf-{i}" / "train_log.jsonl").write_text("".join(
@@ -123,7 +123,8 @@ def test_perf_json_from_bench_runs(tmp_path):
         (47_000, "openrlhf-1"), "fast_micro_batch_32_liger": (48_000, "openrlhf-1"),
         "fast_micro_batch_16_liger_zero_stage_0_causal": (50_000, "openrlhf-1"),
         "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits": (55_000, "openrlhf-1"),
-        "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": (60_000, "openrlhf-1")}
+        "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": (60_000, "openrlhf-1"),
+        "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits_expandable_segments": (56_000, "openrlhf-1")}
     # bench.sh's trained-logits group: each run beside the same run without the flag
     assert {k: (v["tokens_per_s_per_gpu"], v["reference_tokens_per_s_per_gpu"], v["loss_reference"])
             for k, v in p["openrlhf"]["trained_logits"].items()} == {
@@ -209,6 +210,7 @@ UPFT_PARTS = ["upft-vllm-seqs2048-graphs2048-v2-prefill", "upft-vllm-seqs2048-gr
 DECODE_GRAPHS = ["upft-vllm-seqs2048-graphs2048-v2-decode-graphs", "full-vllm-seqs2048-graphs2048-v2-decode-graphs",
                  "eval-vllm-seqs2048-graphs2048-v2-decode-graphs"]
 REPEATS = ["eval-vllm-seqs2048-graphs2048-repeat", "eval-vllm-warm-repeat"]
+ALLOC = ["openrlhf-trained16-expandable", "openrlhf-trained16-repeat"]
 # what a stand-in leaves in the folder it was to write: a manifest, as a finished stage does
 FINISH = 'finish() { case "$1" in *.json) ;; *) mkdir -p "$1" && : > "$1/manifest.json" ;; esac; }'
 
@@ -302,6 +304,7 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
 @pytest.mark.parametrize("stages, expected", [
     ("openrlhf", OPENRLHF),
     ("openrlhf-short", OPENRLHF[:4]),  # the plain run and the fastest alone: a chain that ends on its own
+    ("openrlhf-short openrlhf-alloc", [*OPENRLHF[:4], *ALLOC]),
     ("trained-logits", TRAINED_LOGITS),
     ("openrlhf trained-logits", [*OPENRLHF, *TRAINED_LOGITS]),  # (the real draw stages skip a second draw)
     ("transformers,openrlhf", ["upft-transformers", "full-transformers", "eval-transformers-cold", *OPENRLHF]),
@@ -320,7 +323,7 @@ def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only
     (None, ["eval-vllm-cold", "eval-vllm-warm", "upft-vllm-draw", "full-vllm-draw",
             "upft-transformers", "full-transformers", "eval-transformers-cold",
             "upft-vllm-engine", "full-vllm-engine", *VLLM_VARIANTS, *SPECULATIVE, *RUNNER_V2, *UPFT_PARTS, *DECODE_GRAPHS,
-            *OPENRLHF,
+            *OPENRLHF, *ALLOC,
             *TRAINED_LOGITS,
             "upft-transformers-eager", "full-transformers-eager", "eval-transformers-eager",
             "eval-transformers-sdpa-cold", "eval-transformers-sdpa-eager", "upft-transformers-cb", "full-transformers-cb", "eval-transformers-cb", "decode_steps.json",
@@ -402,6 +405,34 @@ def test_the_upft_parts_group_needs_runner_v2s_passes(tmp_path, finished):
     assert done.returncode == 2 and not (tmp_path / "log").exists()
     assert done.stderr.strip() == ("error: the upft-parts group is compared with runner-v2's passes, which have "
                                    f"not run in {tmp_path / 'runs'} (run runner-v2 first)")
+
+
+@pytest.mark.parametrize("finished", [[], ["openrlhf-1"]])
+def test_the_openrlhf_alloc_group_needs_the_fastest_run_it_is_compared_with(tmp_path, finished):
+    """Without openrlhf-short's fastest run (a fresh RUNS, or the plain run alone) there is no figure of
+    the same lease to compare the expandable segments with: refused before any training."""
+    for name in finished:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "manifest.json").write_text("{}")
+    done = _bench_sh(tmp_path, "openrlhf-alloc")
+    assert done.returncode == 2 and not (tmp_path / "log").exists()
+    assert done.stderr.strip() == ("error: the openrlhf-alloc group is compared with openrlhf-short's fastest run, "
+                                   f"which has not run in {tmp_path / 'runs'} (run openrlhf-short first)")
+
+
+def test_the_openrlhf_alloc_group_is_the_fastest_run_with_expandable_segments_then_without(tmp_path):
+    """The expandable-segments run is openrlhf-short's fastest command with only PyTorch's allocator
+    setting added; the repeat after it is that command again, without the setting."""
+    runs = _bench_commands(tmp_path, "openrlhf-short openrlhf-alloc", "PYTORCH_CUDA_ALLOC_CONF")
+
+    def renamed(name: str, to: str) -> list[str]:  # NAME's command writing to TO instead
+        return [w.replace(name, to) if w.endswith(name) else w for w in runs[name]]
+
+    fast = runs["openrlhf-trained16"]
+    assert fast[0] == "none" and "--trained-logits" in fast
+    assert runs["openrlhf-trained16-expandable"] == ["expandable_segments:True", *renamed(
+        "openrlhf-trained16", "openrlhf-trained16-expandable")[1:]]
+    assert runs["openrlhf-trained16-repeat"] == renamed("openrlhf-trained16", "openrlhf-trained16-repeat")
 
 
 def test_bench_refuses_an_unknown_group_before_running_any(tmp_path):

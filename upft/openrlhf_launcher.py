@@ -38,6 +38,7 @@ from pathlib import Path
 from upft.configs import read_config
 from upft.errors import UserError, cli
 from upft.manifests import abandon_stage, begin_stage, release_stage, write_manifest
+from upft.openrlhf_sft import STEP_TOKENS
 from upft.runio import read_jsonl, sha256_file, write_jsonl
 from upft.schema import add_flags, check_types, from_args, keys
 
@@ -278,7 +279,12 @@ def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log
            epochs: int, gpus: int) -> dict:
     """Where a run's wall time went, from the loss curve's event times and OpenRLHF's log: launch to
     the first logged step, the steps, the rest (saving), our model check; and tuning tokens per
-    second per GPU over the steps after the first. Where the log has our phase lines
+    second per GPU. Where each step logged the tokens it trained on rank 0 (``upft.openrlhf_sft.
+    counting_tokens``), that rate is rank 0's in steady state: over the later half of the steps, as the
+    first ones run slower (allocating memory for new shapes, say; 1.17 s against 0.93 s a step for the
+    first 9 of 29 in lease 22), and ``tokens_per_s_per_gpu_all_steps`` is the rate over every step after
+    the first; otherwise (a log without the counts) the run's tuning tokens, spread evenly over its
+    steps, over the steps after the first. Where the log has our phase lines
     (``upft.openrlhf_sft.mark``), ``phases_s`` splits the first and last parts further: launch
     (DeepSpeed's launcher until our process starts), load (imports, process group, model, tokenizer,
     data), DeepSpeed init (engine and optimizer, ``op_load_s`` of it loading or building ops), first
@@ -293,6 +299,12 @@ def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log
         out.update(launch_to_first_step_s=round(first - t0, 1), steps_s=round(last - first, 1),
                    after_last_step_s=round(t_trained - last, 1),
                    tokens_per_s_per_gpu=round(per_step * (len(times) - 1) / (last - first) / gpus))
+    counted = [p.get(STEP_TOKENS) for p in curve if "wall_time" in p]
+    if len(times) >= 3 and None not in counted:
+        half = len(times) // 2  # steps half+1.. (0-based), timed from the end of step half
+        out.update(tokens_per_s_per_gpu=round(sum(counted[half + 1:]) / (times[-1] - times[half])),
+                   tokens_per_s_per_gpu_all_steps=round(sum(counted[1:]) / (times[-1] - times[0])),
+                   steady_state_steps=f"{half + 2}-{len(times)} of {len(times)}")
     mark: dict[str, float] = {}
     for name, at in re.findall(r"^\[upft\] phase (\w+) ([\d.]+)$", log, re.M):
         mark.setdefault(name, float(at))

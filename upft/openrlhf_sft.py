@@ -54,6 +54,8 @@ Rank 0 also prints a timestamped ``[upft] phase NAME TIME`` line when the proces
 around DeepSpeed's set-up (``prepare``: engine, optimizer, op loads), the training loop (``fit``)
 and the save, so the launcher can say where a run's wall time went (``upft.openrlhf_launcher.timing``),
 and a ``Time to load NAME op: S seconds`` line for each op DeepSpeed loads or builds (``timed_op_load``).
+Each logged step also carries the tokens it trained on rank 0 (``counting_tokens``), from which the
+launcher measures tokens/s in steady state.
 """
 
 from __future__ import annotations
@@ -303,6 +305,26 @@ def remembering_masks(accumulate, pending: list):
     return wrapper
 
 
+STEP_TOKENS = "tuning_tokens_rank0"  # the per-step scalar OpenRLHF logs (TensorBoard: train/<this>)
+
+
+def counting_tokens(accumulate, counts: list):
+    """OpenRLHF's ``iter_grad_accum_global_norm``, which the training loop calls once per optimizer step
+    with that step's micro-batches, appending to ``counts`` how many tokens the step trains on this rank:
+    the sum of its loss masks as the loss reduces them (the loop's ``mask_fn``). The batches are still on
+    the CPU there, so counting adds no wait on the GPU. ``checked`` logs each count with its step, which
+    lets the launcher measure tokens/s over the steps it chooses (``timing``) from the tokens those steps
+    really had, not from the run's average row."""
+
+    @functools.wraps(accumulate)
+    def wrapper(window, strategy, accumulated_gradient, mask_fn):
+        window = list(window)
+        counts.append(sum(int(mask_fn(batch).sum()) for batch in window))
+        yield from accumulate(window, strategy, accumulated_gradient, mask_fn)
+
+    return wrapper
+
+
 def one_end_per_row(tokenizer):
     """The tokenizer with the end-of-turn token as its eos (guard 4 above)."""
     from upft.models import end_of_turn_token
@@ -371,6 +393,8 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
     openrlhf.utils.get_tokenizer = functools.wraps(get_tokenizer)(
         lambda *args, **kwargs: one_end_per_row(get_tokenizer(*args, **kwargs)))
 
+    counts: list[int] = []
+    sft_trainer.iter_grad_accum_global_norm = counting_tokens(sft_trainer.iter_grad_accum_global_norm, counts)
     torch.backends.cuda.enable_cudnn_sdp(False)
     sft_trainer.SFTLoss = functools.partial(SFTLoss, token_level_loss=loss_avg == "token")
     save = sft_trainer.SFTTrainer.save_logs_and_checkpoints
@@ -381,6 +405,9 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
             check_finite(global_step, {k: v for k, v in (logs_dict or {}).items() if isinstance(v, float)})
         except UserError as e:
             raise SystemExit(f"error: {e}") from None
+        if counts:  # the step just ended: its trained tokens on this rank, logged beside its loss
+            logs_dict = {**(logs_dict or {}), STEP_TOKENS: counts.pop()}
+            counts.clear()
         return save(self, args, global_step, step_bar, logs_dict, client_states)
 
     sft_trainer.SFTTrainer.save_logs_and_checkpoints = checked

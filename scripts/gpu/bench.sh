@@ -39,6 +39,8 @@
 #   openrlhf-short  the openrlhf group's first two runs alone (the plain run, which builds DeepSpeed's op,
 #                   and the fastest settings, which must load it: issue 14's OpenRLHF figures), so that a
 #                   short lease's chain ends on its own: "runner-v2 upft-parts transformers openrlhf-short"
+#   openrlhf-alloc  after openrlhf-short: its fastest run with PyTorch's expandable memory segments
+#                   (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True), then without them once more
 #   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
 #                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; the
 #                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3
@@ -52,8 +54,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MODEL:?set MODEL}" "${DATA:?set DATA}" "${RUNS:=/root/bench}"
-: "${STAGES:=vllm transformers engine-seed vllm-variants speculative runner-v2 upft-parts decode-graphs openrlhf trained-logits \
-variants sdpa continuous decode-steps repeat}"
+: "${STAGES:=vllm transformers engine-seed vllm-variants speculative runner-v2 upft-parts decode-graphs openrlhf openrlhf-alloc \
+trained-logits variants sdpa continuous decode-steps repeat}"
 Q=(--questions "$DATA/gsm8k/train.jsonl" --answer-field answer --limit 2000 --max-new-tokens 512 --temperature 0.6)
 EVAL=(--benchmarks gsm8k --data-dir "$DATA" --max-new-tokens 512)
 export VLLM_CACHE_ROOT="$RUNS/vllm-cache"  # starts empty: the first engine start compiles (cold)
@@ -184,11 +186,22 @@ openrlhf() {
   sft "${fast[@]}" --micro-batch 16 --zero-stage 0 --out "$RUNS/openrlhf-liger16-zero0" "${liger[@]}"
   sft "${fast[@]}" --out "$RUNS/openrlhf-fast"
 }
+trained16() {  # NAME: the fastest settings (a failure is logged and the group goes on) -> RUNS/NAME
+  sft "${FAST[@]}" --micro-batch 16 "${BEST[@]}" --trained-logits --out "$RUNS/$1" "${LIGER[@]}" || echo "## $1 failed: $?"
+}
 openrlhf-short() {  # the openrlhf group's first two runs (see there)
   sft_set
   sft --seed 1 --out "$RUNS/openrlhf-1"
-  sft "${FAST[@]}" --micro-batch 16 "${BEST[@]}" --trained-logits --out "$RUNS/openrlhf-trained16" "${LIGER[@]}" \
-    || echo "## openrlhf-trained16 failed: $?"
+  trained16 openrlhf-trained16
+}
+openrlhf-alloc() {  # after openrlhf-short: its fastest run with PyTorch's expandable memory segments (a
+  # segment grows in place where the caching allocator would otherwise reserve blocks for each new row
+  # length, and free them all, with a wait on the GPU, when memory runs short), then the same run without
+  # them once more, so that the lease's own spread brackets the figure
+  [ -f "$RUNS/openrlhf-trained16/manifest.json" ] ||
+    { echo "error: the openrlhf-alloc group is compared with openrlhf-short's fastest run, which has not run in $RUNS (run openrlhf-short first)" >&2; return 2; }
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True trained16 openrlhf-trained16-expandable
+  trained16 openrlhf-trained16-repeat
 }
 trained-logits() {
   # --trained-logits where the openrlhf group does not run it, each run beside the same run without it
@@ -209,8 +222,7 @@ trained-logits() {
   train upft "${fast[@]}" --out "$RUNS/openrlhf-upft-causal16" "${liger[@]}"
   train upft "${fast[@]}" --trained-logits --out "$RUNS/openrlhf-upft-trained16" "${liger[@]}" \
     || echo "## openrlhf-upft-trained16 failed: $?"
-  sft "${fast[@]}" --trained-logits --out "$RUNS/openrlhf-trained16-repeat" "${liger[@]}" \
-    || echo "## openrlhf-trained16-repeat failed: $?"
+  trained16 openrlhf-trained16-repeat
   train upft --seed 1 --zero-stage 3 --out "$RUNS/openrlhf-upft-zero3"
   train upft --seed 1 --zero-stage 3 --trained-logits --out "$RUNS/openrlhf-upft-zero3-trained" \
     || echo "## openrlhf-upft-zero3-trained failed: $?"
@@ -244,7 +256,7 @@ decode-steps() {
 }
 
 GROUPS_KNOWN=" vllm transformers engine-seed vllm-variants speculative runner-v2 upft-parts decode-graphs openrlhf openrlhf-short \
-trained-logits variants sdpa continuous decode-steps repeat "
+openrlhf-alloc trained-logits variants sdpa continuous decode-steps repeat "
 for group in ${STAGES//,/ }; do  # all checked before the first runs
   [[ "$GROUPS_KNOWN" == *" $group "* ]] || { echo "error: unknown STAGES group '$group' (known:$GROUPS_KNOWN)" >&2; exit 2; }
 done

@@ -113,7 +113,9 @@ def collect(folders: list[Path], note: str | None = None, vllm: str = "default")
             "openrlhf-liger16-zero0", "fast_micro_batch_32_liger": "openrlhf-liger32",
             "fast_micro_batch_16_liger_zero_stage_0_causal": "openrlhf-causal16",
             "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits": "openrlhf-trained16",
-            "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": "openrlhf-trained32"}
+            "fast_micro_batch_32_liger_zero_stage_0_causal_trained_logits": "openrlhf-trained32",
+            "fast_micro_batch_16_liger_zero_stage_0_causal_trained_logits_expandable_segments":
+                "openrlhf-trained16-expandable"}
     # bench.sh's trained-logits group: each --trained-logits run beside the same run without it
     trained = {"zero_stage_3": ("openrlhf-zero3-trained", "openrlhf-zero3"),
                "upft_fast_micro_batch_16_liger_zero_stage_0_causal": ("openrlhf-upft-trained16",
@@ -192,7 +194,8 @@ def _fast(folders: list[Path], name: str, refs: list[str] | None = None) -> dict
     ``openrlhf-liger16-zero0`` also with ZeRO stage 0; ``openrlhf-liger32`` Liger's in micro-batches
     of 32, which bench.sh no longer runs (lease 11 ran it, lease 13 ran out of memory);
     ``openrlhf-causal16`` ZeRO stage 0 with --causal-attention; ``openrlhf-trained16`` and
-    ``openrlhf-trained32`` that with --trained-logits in micro-batches of 16 and 32): the same steps
+    ``openrlhf-trained32`` that with --trained-logits in micro-batches of 16 and 32;
+    ``openrlhf-trained16-expandable`` trained16 with PyTorch's expandable memory segments): the same steps
     (same seed, so the same rows per step) computed with less padding, no recomputation and fewer
     micro-batches. Its loss must follow a run of the same lease step by step (each lease draws its
     own training set): the first run, or where that lease ran none (lease 12)
