@@ -157,27 +157,28 @@ def test_loss_curve_is_read_from_tensorboard_events(tmp_path):
 
 
 def test_timing_splits_the_wall_time():
-    """Launch -> first step -> last step -> saved -> checked, op loads from the log, tokens/s/GPU
-    over the steps after the first (4 steps of 1000 tokens in 30 s on 2 GPUs -> 3000/30/2)."""
+    """Launch -> first step -> last step -> saved -> checked, op loads from the log; no tokens/s from a
+    curve whose steps did not log the tokens they trained."""
     curve = [{"step": i, "wall_time": 100.0 + 10 * i} for i in range(4)]
     log = "Time to load cpu_adam op: 31.5 seconds\nTime to load fused_adam op: 0.5 seconds\n"
-    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log=log, tuning_tokens=2000, epochs=2, gpus=2)
+    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log=log)
     assert t == {"launch_to_first_step_s": 60.0, "steps_s": 30.0, "after_last_step_s": 20.0, "op_load_s": 32.0,
-                 "model_check_s": 10.0, "tokens_per_s_per_gpu": 50}
+                 "model_check_s": 10.0, "tokens_per_s_per_gpu": None, "tokens_per_s_per_gpu_all_steps": None,
+                 "steady_state_steps": None}
 
 
 def test_timing_in_steady_state_from_the_tokens_each_step_trained():
     """Steps that logged the tokens they trained on rank 0: tokens/s/GPU over the later half of the steps
     (steps 4-5 of 5: 800 tokens from the end of step 3, 20 s), and over every step after the first
-    (1120 tokens in 40 s), from those counts, not from the data's total or the number of GPUs."""
+    (1120 tokens in 40 s); none if a step lacks its count."""
     from upft.openrlhf_sft import STEP_TOKENS
 
     curve = [{"step": i + 1, "wall_time": 100.0 + 10 * i, STEP_TOKENS: n} for i, n in enumerate([900, 200, 120, 300, 500])]
-    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log="", tuning_tokens=1, epochs=1, gpus=2)
+    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log="")
     assert (t["tokens_per_s_per_gpu"], t["tokens_per_s_per_gpu_all_steps"], t["steady_state_steps"]) == (40, 28, "4-5 of 5")
     assert t["steps_s"] == 40.0
-    del curve[2][STEP_TOKENS]  # a log without every count: the data's tokens spread evenly, as before
-    assert "steady_state_steps" not in timing(curve, 40.0, 150.0, 160.0, "", 1000, 1, 2)
+    del curve[2][STEP_TOKENS]
+    assert timing(curve, 40.0, 150.0, 160.0, "")["tokens_per_s_per_gpu"] is None
 
 
 def test_timing_splits_launch_and_save_by_the_phase_lines():
@@ -190,7 +191,7 @@ def test_timing_splits_launch_and_save_by_the_phase_lines():
              "prepare_end 85.5", "fit_start 86.0", "fit_end 131.0", "save_start 131.0", "save_end 144.0",
              "start 99.0"]
     log = "\n".join(x if x.startswith("Time") else f"{PHASE} {x}" for x in lines) + "\n"
-    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log=log, tuning_tokens=2000, epochs=2, gpus=2)
+    t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log=log)
     assert t["phases_s"] == {"launch": 5.0, "load": 25.0, "deepspeed_init": 15.5, "first_step": 14.0,
                              "save": 13.0, "exit": 6.0}
     assert t["op_load_s"] == 3.0 and t["launch_to_first_step_s"] == 60.0

@@ -547,12 +547,13 @@ def test_several_leases_read_as_one(tmp_path):
     assert collect([first, later])["device"] == "NVIDIA H100 80GB HBM3"  # from a variant's summary
 
 
-@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench-h100/lease22", "results/gpu/bench-h100/lease21",
+@pytest.mark.parametrize("runs, committed", [(["results/gpu/bench-h100/lease23", "results/gpu/bench-h100/lease22",
+                                                "results/gpu/bench-h100/lease21",
                                                 "results/gpu/bench-h100/lease19",
                                                 "results/gpu/bench-h100/lease18", "results/gpu/bench-h100/lease17",
                                                 "results/gpu/bench-h100/lease16", "results/gpu/bench"],
                                                "results/gpu/perf-h100.json"),
-                                             (["results/gpu/bench-h100/lease22"], "results/gpu/perf.json"),
+                                             (["results/gpu/bench-h100/lease23"], "results/gpu/perf.json"),
                                              ([f"results/gpu/bench-h200/lease{n}"
                                                for n in ("11", "14", "13", "12", "9c", "10", "15b", "15a")],
                                               "results/gpu/perf-h200.json")])

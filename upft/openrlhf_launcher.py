@@ -275,30 +275,29 @@ def loss_curve(tb_dir: str) -> list[dict]:
     return [points[k] for k in sorted(points)]
 
 
-def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log: str, tuning_tokens: int,
-           epochs: int, gpus: int) -> dict:
+def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log: str) -> dict:
     """Where a run's wall time went, from the loss curve's event times and OpenRLHF's log: launch to
     the first logged step, the steps, the rest (saving), our model check; and tuning tokens per
-    second per GPU. Where each step logged the tokens it trained on rank 0 (``upft.openrlhf_sft.
-    counting_tokens``), that rate is rank 0's in steady state: over the later half of the steps, as the
-    first ones run slower (allocating memory for new shapes, say; 1.17 s against 0.93 s a step for the
-    first 9 of 29 in lease 22), and ``tokens_per_s_per_gpu_all_steps`` is the rate over every step after
-    the first; otherwise (a log without the counts) the run's tuning tokens, spread evenly over its
-    steps, over the steps after the first. Where the log has our phase lines
+    second per GPU, from the tokens each step trained on rank 0 (``upft.openrlhf_sft.counting_tokens``;
+    None where a step lacks its count). ``tokens_per_s_per_gpu`` is the rate in steady state, over the
+    later half of the steps (the first ones may run slower while memory is allocated for new shapes),
+    ``tokens_per_s_per_gpu_all_steps`` the rate over every step after the first. The counts are what
+    OpenRLHF trained: a last window of rows too small for a whole optimizer step is left out, so a set
+    whose rows are not a multiple of the step's has fewer than its tuning tokens (lease 23: 1856 of
+    1918 rows). Where the log has our phase lines
     (``upft.openrlhf_sft.mark``), ``phases_s`` splits the first and last parts further: launch
     (DeepSpeed's launcher until our process starts), load (imports, process group, model, tokenizer,
     data), DeepSpeed init (engine and optimizer, ``op_load_s`` of it loading or building ops), first
     step (the training loop's start to the first logged step), save, exit (after the save)."""
     ops = sum(float(x) for x in re.findall(r"Time to load \w+ op: ([\d.]+) seconds", log))
     out = {"launch_to_first_step_s": None, "steps_s": None, "after_last_step_s": None,
-           "op_load_s": round(ops, 1), "model_check_s": round(t_checked - t_trained, 1), "tokens_per_s_per_gpu": None}
+           "op_load_s": round(ops, 1), "model_check_s": round(t_checked - t_trained, 1), "tokens_per_s_per_gpu": None,
+           "tokens_per_s_per_gpu_all_steps": None, "steady_state_steps": None}
     times = [p["wall_time"] for p in curve if "wall_time" in p]
     if len(times) >= 2:
         first, last = times[0], times[-1]
-        per_step = tuning_tokens * epochs / len(times)
         out.update(launch_to_first_step_s=round(first - t0, 1), steps_s=round(last - first, 1),
-                   after_last_step_s=round(t_trained - last, 1),
-                   tokens_per_s_per_gpu=round(per_step * (len(times) - 1) / (last - first) / gpus))
+                   after_last_step_s=round(t_trained - last, 1))
     counted = [p.get(STEP_TOKENS) for p in curve if "wall_time" in p]
     if len(times) >= 3 and None not in counted:
         half = len(times) // 2  # steps half+1.. (0-based), timed from the end of step half
@@ -385,9 +384,7 @@ def train(job: Job) -> None:
         curve = loss_curve(job.tensorboard_dir)
         rows = read_jsonl(job.data_file)
         health = accept_model(tmp, job.model, rows)
-        took = timing(curve, t0, t_trained, time.time(), (tmp / "openrlhf.log").read_text(errors="replace"),
-                      sum(len(r["target_ids"]) for r in rows if "target_ids" in r), job.settings.epochs,
-                      job.settings.gpus * job.settings.nnodes)
+        took = timing(curve, t0, t_trained, time.time(), (tmp / "openrlhf.log").read_text(errors="replace"))
     except UserError as e:
         failed = Path(f"{out}.failed.log")
         if (tmp / "openrlhf.log").exists():
