@@ -393,31 +393,26 @@ def test_the_repeat_group_needs_the_runs_it_repeats(tmp_path):
     assert "error: the repeat group repeats eval-vllm-seqs2048-graphs2048, which has not run" in done.stderr
 
 
-@pytest.mark.parametrize("finished", [[], ["upft-vllm-seqs2048-graphs2048-v2"]])
-def test_the_upft_parts_group_needs_runner_v2s_passes(tmp_path, finished):
-    """Its parts are read against runner-v2's full pass, and its engines should start warm in that group's
-    compile cache: without that pass (a fresh RUNS, or runner-v2 stopped after its UPFT pass) it is refused
-    before any engine starts."""
+UPFT_PARTS_REFUSED = ("the upft-parts group is compared with runner-v2's passes, which have not run in {runs} "
+                      "(run runner-v2 first)")
+ALLOC_REFUSED = ("the openrlhf-alloc group is compared with openrlhf-short's fastest run, which has not run in {runs} "
+                 "(run openrlhf-short first)")
+
+
+@pytest.mark.parametrize("group, finished, error", [
+    ("upft-parts", [], UPFT_PARTS_REFUSED), ("upft-parts", ["upft-vllm-seqs2048-graphs2048-v2"], UPFT_PARTS_REFUSED),
+    ("openrlhf-alloc", [], ALLOC_REFUSED), ("openrlhf-alloc", ["openrlhf-1"], ALLOC_REFUSED)])
+def test_a_group_compared_with_an_earlier_ones_runs_needs_them(tmp_path, group, finished, error):
+    """upft-parts' parts are read against runner-v2's full pass, and its engines should start warm in that
+    group's compile cache; openrlhf-alloc's runs against openrlhf-short's fastest run of the same lease.
+    Without those (a fresh RUNS; runner-v2 stopped after its UPFT pass; openrlhf-short after its plain run)
+    the group is refused before anything runs."""
     for name in finished:
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "manifest.json").write_text("{}")
-    done = _bench_sh(tmp_path, "upft-parts")
+    done = _bench_sh(tmp_path, group)
     assert done.returncode == 2 and not (tmp_path / "log").exists()
-    assert done.stderr.strip() == ("error: the upft-parts group is compared with runner-v2's passes, which have "
-                                   f"not run in {tmp_path / 'runs'} (run runner-v2 first)")
-
-
-@pytest.mark.parametrize("finished", [[], ["openrlhf-1"]])
-def test_the_openrlhf_alloc_group_needs_the_fastest_run_it_is_compared_with(tmp_path, finished):
-    """Without openrlhf-short's fastest run (a fresh RUNS, or the plain run alone) there is no figure of
-    the same lease to compare the expandable segments with: refused before any training."""
-    for name in finished:
-        (tmp_path / "runs" / name).mkdir(parents=True)
-        (tmp_path / "runs" / name / "manifest.json").write_text("{}")
-    done = _bench_sh(tmp_path, "openrlhf-alloc")
-    assert done.returncode == 2 and not (tmp_path / "log").exists()
-    assert done.stderr.strip() == ("error: the openrlhf-alloc group is compared with openrlhf-short's fastest run, "
-                                   f"which has not run in {tmp_path / 'runs'} (run openrlhf-short first)")
+    assert done.stderr.strip() == "error: " + error.format(runs=tmp_path / "runs")
 
 
 def test_the_openrlhf_alloc_group_is_the_fastest_run_with_expandable_segments_then_without(tmp_path):
