@@ -166,27 +166,37 @@ def test_openrlhf_stops_on_a_non_finite_step(openrlhf_sft):
         openrlhf_sft.SFTTrainer.save_logs_and_checkpoints(None, None, 7, None, {"gpt_loss": 0.5, "grad_norm": float("nan")})
 
 
-def test_each_logged_step_carries_the_tokens_it_trained(openrlhf_sft, tok, monkeypatch):
+@pytest.mark.parametrize("trained_logits", [False, True])
+def test_each_logged_step_carries_the_tokens_it_trained(openrlhf_sft, tok, monkeypatch, trained_logits):
     """install() counts each optimizer step's trained tokens where OpenRLHF's loop hands it the step's
-    micro-batches (its real iter_grad_accum_global_norm, on our rows through its dataset and collate) and
-    logs the count beside the step's loss: the tokens under the step's loss masks, our rows' target ids.
-    The micro-batches go on to the loop unchanged."""
+    micro-batches (its real iter_grad_accum_global_norm, on our rows through its dataset and collate; also
+    under --upft.trained_logits' wrapper of it) and logs the count beside the step's loss: the tokens under
+    the step's loss masks, our rows' target ids. The micro-batches go on to the loop unchanged. Where
+    OpenRLHF logs every 2nd step, a logged step carries the tokens of both."""
     from upft.openrlhf_sft import STEP_TOKENS, install
 
     logged = []
     monkeypatch.setattr(openrlhf_sft.SFTTrainer, "save_logs_and_checkpoints",
                         lambda self, args, step, bar, logs_dict=None, client_states=None: logged.append((step, logs_dict)))
-    install("sample")
+    install("sample", trained_logits=trained_logits)
     rows = upft_rows(tok)
     ds = openrlhf_dataset(tok, rows)
     steps = [[ds.collate_fn([ds[0]]), ds.collate_fn([ds[1], ds[2]])], [ds.collate_fn([ds[2]]), ds.collate_fn([ds[1]])]]
-    for n, window in enumerate(steps, 1):
-        seen = [batch for batch, _ in openrlhf_sft.iter_grad_accum_global_norm(window, None, 2, lambda b: b[2].squeeze(1)[:, :-1])]
-        assert len(seen) == 2 and all(a is b for a, b in zip(seen, window))
-        openrlhf_sft.SFTTrainer.save_logs_and_checkpoints(None, None, n, None, {"gpt_loss": 0.5})
+
+    def train(every: int) -> None:  # the two steps as OpenRLHF's loop runs them, logging every EVERY steps
+        args = SimpleNamespace(logger=SimpleNamespace(logging_steps=every))
+        for n, window in enumerate(steps, 1):
+            seen = [b for b, _ in openrlhf_sft.iter_grad_accum_global_norm(window, None, 2, lambda b: b[2].squeeze(1)[:, :-1])]
+            assert len(seen) == 2 and all(a is b for a, b in zip(seen, window))
+            openrlhf_sft.SFTTrainer.save_logs_and_checkpoints(None, args, n, None, {"gpt_loss": 0.5})
+
     tokens = [len(r["target_ids"]) for r in rows]
+    train(1)
     assert logged == [(1, {"gpt_loss": 0.5, STEP_TOKENS: sum(tokens)}),
                       (2, {"gpt_loss": 0.5, STEP_TOKENS: tokens[1] + tokens[2]})]
+    logged.clear()
+    train(2)
+    assert logged == [(1, {"gpt_loss": 0.5}), (2, {"gpt_loss": 0.5, STEP_TOKENS: sum(tokens) + tokens[1] + tokens[2]})]
     openrlhf_sft.SFTTrainer.save_logs_and_checkpoints(None, None, 3, None, {"gpt_loss": 0.5})  # no step counted
     assert logged[-1] == (3, {"gpt_loss": 0.5})
 

@@ -170,13 +170,17 @@ def test_timing_splits_the_wall_time():
 def test_timing_in_steady_state_from_the_tokens_each_step_trained():
     """Steps that logged the tokens they trained on rank 0: tokens/s/GPU over the later half of the steps
     (steps 4-5 of 5: 800 tokens from the end of step 3, 20 s), and over every step after the first
-    (1120 tokens in 40 s); none if a step lacks its count."""
+    (1120 tokens in 40 s); the window named by the logged steps' numbers; none if a step lacks its count."""
     from upft.openrlhf_sft import STEP_TOKENS
 
     curve = [{"step": i + 1, "wall_time": 100.0 + 10 * i, STEP_TOKENS: n} for i, n in enumerate([900, 200, 120, 300, 500])]
     t = timing(curve, t0=40.0, t_trained=150.0, t_checked=160.0, log="")
     assert (t["tokens_per_s_per_gpu"], t["tokens_per_s_per_gpu_all_steps"], t["steady_state_steps"]) == (40, 28, "4-5 of 5")
     assert t["steps_s"] == 40.0
+    every_other = [{**point, "step": 2 * point["step"]} for point in curve]  # OpenRLHF logging every 2nd step
+    assert timing(every_other, 40.0, 150.0, 160.0, "")["steady_state_steps"] == "7-10 of 10"
+    two = timing(curve[:2], 40.0, 150.0, 160.0, "")  # too few steps for a steady state
+    assert (two["tokens_per_s_per_gpu"], two["tokens_per_s_per_gpu_all_steps"]) == (None, 20)
     del curve[2][STEP_TOKENS]
     assert timing(curve, 40.0, 150.0, 160.0, "")["tokens_per_s_per_gpu"] is None
 

@@ -197,7 +197,7 @@ OPENRLHF = ["full-vllm-sft", "prep-sft", "openrlhf-1", "openrlhf-trained16", "op
             "openrlhf-trained32", "openrlhf-profile", "openrlhf-2", "openrlhf-fast16", "openrlhf-liger16",
             "openrlhf-liger16-zero0", "openrlhf-fast"]
 TRAINED_LOGITS = ["full-vllm-sft", "prep-sft", "upft-vllm-sft", "prep-upft", "openrlhf-zero3",
-                  "openrlhf-zero3-trained", "openrlhf-upft-causal16", "openrlhf-upft-trained16", "openrlhf-trained16-repeat",
+                  "openrlhf-zero3-trained", "openrlhf-upft-causal16", "openrlhf-upft-trained16",
                   "openrlhf-upft-zero3", "openrlhf-upft-zero3-trained"]
 VLLM_VARIANTS = ["eval-vllm-seqs2048-graphs2048-cold", "eval-vllm-seqs2048-graphs2048",
                  "upft-vllm-seqs2048-graphs2048", "full-vllm-seqs2048-graphs2048",
@@ -254,7 +254,8 @@ def test_bench_goes_on_after_a_failed_trained_logits_or_causal16_run_only(tmp_pa
 @pytest.mark.parametrize("fail", ["openrlhf-1", "openrlhf-trained16"])
 def test_openrlhf_short_stops_on_a_failed_plain_run_and_goes_on_after_a_failed_fast_one(tmp_path, fail):
     """openrlhf-short, the openrlhf group's first two runs, fails as that group does: the plain run's
-    failure stops it with its status, the fastest run's is logged and the next group runs."""
+    failure stops it with its status, the fastest run's is logged and the next group runs, openrlhf-alloc
+    included (its runs are logged the same way)."""
     done = _bench_sh(tmp_path, "openrlhf-short transformers", fail)
     ran = [Path(line).name for line in (tmp_path / "log").read_text().splitlines()]
     if fail == "openrlhf-1":
@@ -262,6 +263,13 @@ def test_openrlhf_short_stops_on_a_failed_plain_run_and_goes_on_after_a_failed_f
     else:
         assert done.returncode == 0 and "## openrlhf-trained16 failed: 3" in done.stdout
         assert ran == [*OPENRLHF[:4], "upft-transformers", "full-transformers", "eval-transformers-cold"]
+    # openrlhf-alloc after it: its runs too once the plain run has finished, and the chain goes on
+    (tmp_path / "alloc").mkdir()
+    again = _bench_sh(tmp_path / "alloc", "openrlhf-short openrlhf-alloc transformers", fail)
+    ran = [Path(line).name for line in (tmp_path / "alloc" / "log").read_text().splitlines()]
+    assert again.returncode == done.returncode
+    assert ran == (OPENRLHF[:3] if fail == "openrlhf-1" else [*OPENRLHF[:4], *ALLOC, "upft-transformers",
+                                                               "full-transformers", "eval-transformers-cold"])
 
 
 @pytest.mark.parametrize("stages, trained", [("runner-v2 openrlhf", OPENRLHF[1:]),
@@ -288,7 +296,7 @@ def test_the_sft_set_can_come_from_an_earlier_groups_full_draw(tmp_path, stages,
         f"{tmp_path / 'early' / 'runs'} (run the group that draws it first)"
 
 
-@pytest.mark.parametrize("fail", ["openrlhf-zero3-trained", "openrlhf-upft-trained16", "openrlhf-trained16-repeat",
+@pytest.mark.parametrize("fail", ["openrlhf-zero3-trained", "openrlhf-upft-trained16",
                                   "openrlhf-upft-zero3-trained", "openrlhf-zero3", "openrlhf-upft-causal16"])
 def test_the_trained_logits_group_goes_on_after_a_failed_trained_logits_run_only(tmp_path, fail):
     """As in the openrlhf group: a --trained-logits run that fails is logged and the next runs; a
@@ -395,18 +403,18 @@ def test_the_repeat_group_needs_the_runs_it_repeats(tmp_path):
 
 UPFT_PARTS_REFUSED = ("the upft-parts group is compared with runner-v2's passes, which have not run in {runs} "
                       "(run runner-v2 first)")
-ALLOC_REFUSED = ("the openrlhf-alloc group is compared with openrlhf-short's fastest run, which has not run in {runs} "
+ALLOC_REFUSED = ("the openrlhf-alloc group is compared with openrlhf-short's runs, which have not run in {runs} "
                  "(run openrlhf-short first)")
 
 
 @pytest.mark.parametrize("group, finished, error", [
     ("upft-parts", [], UPFT_PARTS_REFUSED), ("upft-parts", ["upft-vllm-seqs2048-graphs2048-v2"], UPFT_PARTS_REFUSED),
-    ("openrlhf-alloc", [], ALLOC_REFUSED), ("openrlhf-alloc", ["openrlhf-1"], ALLOC_REFUSED)])
+    ("openrlhf-alloc", [], ALLOC_REFUSED), ("openrlhf-alloc", ["prep-sft"], ALLOC_REFUSED)])
 def test_a_group_compared_with_an_earlier_ones_runs_needs_them(tmp_path, group, finished, error):
     """upft-parts' parts are read against runner-v2's full pass, and its engines should start warm in that
-    group's compile cache; openrlhf-alloc's runs against openrlhf-short's fastest run of the same lease.
-    Without those (a fresh RUNS; runner-v2 stopped after its UPFT pass; openrlhf-short after its plain run)
-    the group is refused before anything runs."""
+    group's compile cache; openrlhf-alloc's runs against openrlhf-short's of the same lease (its plain run
+    is their loss reference). Without those (a fresh RUNS; runner-v2 stopped after its UPFT pass;
+    openrlhf-short before its plain run) the group is refused before anything runs."""
     for name in finished:
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "manifest.json").write_text("{}")
@@ -678,8 +686,7 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
                                         "--upft.profile_steps", "8"]
     with_liger = {name for name, words in runs.items() if "--ds.use_liger_kernel" in words}
     assert with_liger == {"openrlhf-liger16", "openrlhf-liger16-zero0", "openrlhf-causal16", "openrlhf-trained16",
-                          "openrlhf-trained32", "openrlhf-profile", "openrlhf-upft-causal16", "openrlhf-upft-trained16",
-                          "openrlhf-trained16-repeat"}
+                          "openrlhf-trained32", "openrlhf-profile", "openrlhf-upft-causal16", "openrlhf-upft-trained16"}
 
     def renamed(name: str, to: str) -> list[str]:  # NAME's command writing to TO instead
         return [w.replace(name, to) if w.endswith(name) else w for w in runs[name]]
@@ -694,7 +701,6 @@ def test_bench_passes_each_stage_its_flags_and_cache(tmp_path):
         assert words[len(words) - 1 - words[::-1].index("--zero-stage") + 1] == "3" and "--seed" in words
         assert "--no-gradient-checkpointing" not in words and words[words.index("--data") + 1].endswith(data)
     assert runs["openrlhf-upft-causal16"][runs["openrlhf-upft-causal16"].index("--data") + 1].endswith("prep-upft")
-    assert runs["openrlhf-trained16-repeat"] == renamed("openrlhf-trained16", "openrlhf-trained16-repeat")
     prep = " ".join(runs["prep-upft"])  # the UPFT set: the UPFT draw's prefixes of 32 tokens
     assert "--method upft --L 32" in prep and prep.split("--samples ")[1].split()[0].endswith("upft-vllm-sft")
     assert "--L 32 --p 0.1" in " ".join(runs["upft-vllm-sft"]) and runs["upft-vllm-sft"][0] == runs["full-vllm-sft"][0]

@@ -278,9 +278,10 @@ def loss_curve(tb_dir: str) -> list[dict]:
 def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log: str) -> dict:
     """Where a run's wall time went, from the loss curve's event times and OpenRLHF's log: launch to
     the first logged step, the steps, the rest (saving), our model check; and tuning tokens per
-    second per GPU, from the tokens each step trained on rank 0 (``upft.openrlhf_sft.counting_tokens``;
-    None where a step lacks its count). ``tokens_per_s_per_gpu`` is the rate in steady state, over the
-    later half of the steps (the first ones may run slower while memory is allocated for new shapes),
+    second per GPU, from the tokens rank 0 trained up to each logged step (``upft.openrlhf_sft.
+    counting_tokens``; None where a logged step lacks its count). ``tokens_per_s_per_gpu`` is the rate in
+    steady state, over the later half of the logged steps (the last (n-1)//2 of n, timed from the end of
+    the one before them; the first steps may run slower while memory is allocated for new shapes),
     ``tokens_per_s_per_gpu_all_steps`` the rate over every step after the first. The counts are what
     OpenRLHF trained: a last window of rows too small for a whole optimizer step is left out, so a set
     whose rows are not a multiple of the step's has fewer than its tuning tokens (lease 23: 1856 of
@@ -298,12 +299,14 @@ def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log
         first, last = times[0], times[-1]
         out.update(launch_to_first_step_s=round(first - t0, 1), steps_s=round(last - first, 1),
                    after_last_step_s=round(t_trained - last, 1))
-    counted = [p.get(STEP_TOKENS) for p in curve if "wall_time" in p]
-    if len(times) >= 3 and None not in counted:
-        half = len(times) // 2  # steps half+1.. (0-based), timed from the end of step half
+    logged = [p for p in curve if "wall_time" in p]
+    counted = [p.get(STEP_TOKENS) for p in logged]
+    if len(logged) >= 2 and None not in counted:
+        out["tokens_per_s_per_gpu_all_steps"] = round(sum(counted[1:]) / (times[-1] - times[0]))
+    if len(logged) >= 3 and None not in counted:
+        half, last = len(logged) // 2, logged[-1]["step"]  # logged points half+1.. (0-based), from the end of half
         out.update(tokens_per_s_per_gpu=round(sum(counted[half + 1:]) / (times[-1] - times[half])),
-                   tokens_per_s_per_gpu_all_steps=round(sum(counted[1:]) / (times[-1] - times[0])),
-                   steady_state_steps=f"{half + 2}-{len(times)} of {len(times)}")
+                   steady_state_steps=f"{logged[half]['step'] + 1}-{last} of {last}")
     mark: dict[str, float] = {}
     for name, at in re.findall(r"^\[upft\] phase (\w+) ([\d.]+)$", log, re.M):
         mark.setdefault(name, float(at))

@@ -312,13 +312,14 @@ def counting_tokens(accumulate, counts: list):
     """OpenRLHF's ``iter_grad_accum_global_norm``, which the training loop calls once per optimizer step
     with that step's micro-batches, appending to ``counts`` how many tokens the step trains on this rank:
     the sum of its loss masks as the loss reduces them (the loop's ``mask_fn``). The batches are still on
-    the CPU there, so counting adds no wait on the GPU. ``checked`` logs each count with its step, which
+    the CPU there, so counting adds no wait on the GPU. ``checked`` logs the counts with the next logged
+    step (each step, as the launcher asks OpenRLHF to log), which
     lets the launcher measure tokens/s over the steps it chooses (``timing``) from the tokens those steps
     really had, not from the run's average row."""
 
     @functools.wraps(accumulate)
-    def wrapper(window, strategy, accumulated_gradient, mask_fn):
-        window = list(window)
+    def wrapper(data_iter, strategy, accumulated_gradient, mask_fn):
+        window = list(data_iter)
         counts.append(sum(int(mask_fn(batch).sum()) for batch in window))
         yield from accumulate(window, strategy, accumulated_gradient, mask_fn)
 
@@ -405,8 +406,9 @@ def install(loss_avg: str, group_by_length: bool = False, data_procs: int | None
             check_finite(global_step, {k: v for k, v in (logs_dict or {}).items() if isinstance(v, float)})
         except UserError as e:
             raise SystemExit(f"error: {e}") from None
-        if counts:  # the step just ended: its trained tokens on this rank, logged beside its loss
-            logs_dict = {**(logs_dict or {}), STEP_TOKENS: counts.pop()}
+        if counts and global_step % args.logger.logging_steps == 0:  # a step OpenRLHF logs (as it decides):
+            # the tokens this rank trained since the last logged step, beside its loss
+            logs_dict = {**(logs_dict or {}), STEP_TOKENS: sum(counts)}
             counts.clear()
         return save(self, args, global_step, step_bar, logs_dict, client_states)
 

@@ -41,10 +41,10 @@
 #                   short lease's chain ends on its own: "runner-v2 upft-parts transformers openrlhf-short"
 #   openrlhf-alloc  after openrlhf-short: its fastest run with PyTorch's expandable memory segments
 #                   (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True), then without them once more
+#                   (openrlhf-trained16-repeat)
 #   trained-logits  --trained-logits beside the same runs without it: at the launcher's ZeRO stage 3 with
-#                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; the
-#                   openrlhf group's fastest run once more (openrlhf-trained16-repeat); at ZeRO stage 3
-#                   on the UPFT set
+#                   gradient checkpointing on the SFT set; with the fastest settings on a UPFT set; at
+#                   ZeRO stage 3 on the UPFT set
 #   variants        transformers without compiling (--compile-decode never)
 #   sdpa            the transformers group's GSM8K eval from a cold start, and variants' eval, with
 #                   transformers' own attention (--attention sdpa): the control of the grouped steps
@@ -197,9 +197,10 @@ openrlhf-short() {  # the openrlhf group's first two runs (see there)
 openrlhf-alloc() {  # after openrlhf-short: its fastest run with PyTorch's expandable memory segments (a
   # segment grows in place where the caching allocator would otherwise reserve blocks for each new row
   # length, and free them all, with a wait on the GPU, when memory runs short), then the same run without
-  # them once more, so that the lease's own spread brackets the figure
-  [ -f "$RUNS/openrlhf-trained16/manifest.json" ] ||
-    { echo "error: the openrlhf-alloc group is compared with openrlhf-short's fastest run, which has not run in $RUNS (run openrlhf-short first)" >&2; return 2; }
+  # them once more, so that the lease's own spread brackets the figure. It needs openrlhf-short's plain
+  # run (the loss reference; it built DeepSpeed's op), not its fastest one, which may have failed
+  [ -f "$RUNS/openrlhf-1/manifest.json" ] ||
+    { echo "error: the openrlhf-alloc group is compared with openrlhf-short's runs, which have not run in $RUNS (run openrlhf-short first)" >&2; return 2; }
   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True trained16 openrlhf-trained16-expandable
   trained16 openrlhf-trained16-repeat
 }
@@ -208,10 +209,9 @@ trained-logits() {
   # (the same seed: the same rows per step, so the losses compare step by step): the launcher's own
   # settings (ZeRO stage 3, gradient checkpointing; micro-batches of 8 and no Liger here), where
   # DeepSpeed gathers the output layer's weights as it runs; UPFT's set (L=32, p=0.1, drawn as the SFT
-  # set), whose prefix rows train few of their positions, with the fastest settings; the openrlhf
-  # group's fastest run once more (its figure came from one run; its own name, so that a RUNS holding
-  # the first does not skip it); the launcher's settings on the UPFT set. A trained-logits run that
-  # fails is logged and the group goes on.
+  # set), whose prefix rows train few of their positions, with the fastest settings; the launcher's
+  # settings on the UPFT set (the openrlhf group's fastest run once more is openrlhf-alloc's). A
+  # trained-logits run that fails is logged and the group goes on.
   local fast=("${FAST[@]}" --micro-batch 16 "${BEST[@]}") liger=("${LIGER[@]}")
   sft_set
   VLLM_CACHE_ROOT="$RUNS/vllm-cache-sft" vllm_sampling sft upft
@@ -222,7 +222,6 @@ trained-logits() {
   train upft "${fast[@]}" --out "$RUNS/openrlhf-upft-causal16" "${liger[@]}"
   train upft "${fast[@]}" --trained-logits --out "$RUNS/openrlhf-upft-trained16" "${liger[@]}" \
     || echo "## openrlhf-upft-trained16 failed: $?"
-  trained16 openrlhf-trained16-repeat
   train upft --seed 1 --zero-stage 3 --out "$RUNS/openrlhf-upft-zero3"
   train upft --seed 1 --zero-stage 3 --trained-logits --out "$RUNS/openrlhf-upft-zero3-trained" \
     || echo "## openrlhf-upft-zero3-trained failed: $?"
