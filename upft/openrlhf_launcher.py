@@ -294,12 +294,12 @@ def timing(curve: list[dict], t0: float, t_trained: float, t_checked: float, log
     out = {"launch_to_first_step_s": None, "steps_s": None, "after_last_step_s": None,
            "op_load_s": round(ops, 1), "model_check_s": round(t_checked - t_trained, 1), "tokens_per_s_per_gpu": None,
            "tokens_per_s_per_gpu_all_steps": None, "steady_state_steps": None}
-    times = [p["wall_time"] for p in curve if "wall_time" in p]
+    logged = [p for p in curve if "wall_time" in p]
+    times = [p["wall_time"] for p in logged]
     if len(times) >= 2:
         first, last = times[0], times[-1]
         out.update(launch_to_first_step_s=round(first - t0, 1), steps_s=round(last - first, 1),
                    after_last_step_s=round(t_trained - last, 1))
-    logged = [p for p in curve if "wall_time" in p]
     counted = [p.get(STEP_TOKENS) for p in logged]
     if len(logged) >= 2 and None not in counted:
         out["tokens_per_s_per_gpu_all_steps"] = round(sum(counted[1:]) / (times[-1] - times[0]))

@@ -313,9 +313,8 @@ def counting_tokens(accumulate, counts: list):
     with that step's micro-batches, appending to ``counts`` how many tokens the step trains on this rank:
     the sum of its loss masks as the loss reduces them (the loop's ``mask_fn``). The batches are still on
     the CPU there, so counting adds no wait on the GPU. ``checked`` logs the counts with the next logged
-    step (each step, as the launcher asks OpenRLHF to log), which
-    lets the launcher measure tokens/s over the steps it chooses (``timing``) from the tokens those steps
-    really had, not from the run's average row."""
+    step (each step, as the launcher asks OpenRLHF to log), which lets the launcher measure tokens/s over
+    the steps it chooses (``timing``) from the tokens those steps really had, not from the run's average row."""
 
     @functools.wraps(accumulate)
     def wrapper(data_iter, strategy, accumulated_gradient, mask_fn):

@@ -2,7 +2,7 @@
 
   python scripts/gpu/perf.py RUNS [RUNS...] OUT [--note "how the leases ran"] [--vllm-settings v2]
 
-results/gpu/perf.json is one H100 lease that ran issue 14's figures side by side (lease 22, runner-v2's vLLM
+results/gpu/perf.json is one H100 lease that ran issue 14's figures side by side (lease 23, runner-v2's vLLM
 settings); results/gpu/perf-h100.json and perf-h200.json read the leases of their kind of GPU that the README
 names, with vLLM's default settings in those keys.
 
